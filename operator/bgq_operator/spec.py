@@ -111,8 +111,8 @@ class RedisTls(_Model):
 
     enabled: bool = Field(
         default=False,
-        description="Use TLS. Set automatically when the URL scheme is rediss://; "
-        "set it here when the URL comes from a Secret.",
+        description="Connect with TLS: a literal redis:// url is used as rediss://. "
+        "A URL from urlSecretRef decides by its own scheme (use rediss:// there).",
     )
     ca_secret_ref: SecretKeyRef | None = Field(
         default=None,
