@@ -1,0 +1,433 @@
+"""The HTTP enqueue gateway: in-cluster services enqueue and inspect jobs over plain HTTP.
+
+Endpoints (see docs/gateway.md for curl examples)::
+
+    POST   /v1/queues/{namespace}/{name}/jobs         enqueue one job     -> 201 (200 if it existed)
+    POST   /v1/queues/{namespace}/{name}/jobs:batch   enqueue many jobs   -> 201 / 200
+    GET    /v1/queues/{namespace}/{name}/jobs/{id}    job state / result  -> 200 / 404
+    DELETE /v1/queues/{namespace}/{name}/jobs/{id}    cancel a job        -> 200 / 404
+    GET    /v1/queues/{namespace}/{name}              queue statistics    -> 200
+    GET    /livez  /readyz  /metrics
+
+Design points:
+
+* Nothing is accepted silently: a job is answered 2xx only after Redis confirmed it; if Redis is
+  unreachable the answer is ``503`` with ``Retry-After`` and the caller retries (safely, with a
+  ``job_id``: enqueue with a caller job id is idempotent).
+* Validation errors are ``400`` with a JSON body naming the offending field
+  (``{"error": "invalid_request", "field": "args", "message": ...}``); bodies over the limit
+  are ``413`` before being read.
+* Optional bearer-token auth: when ``BGQ_GATEWAY_TOKEN`` is set (mount it from a Secret by
+  reference), every ``/v1`` request needs ``Authorization: Bearer <token>``. Probes and
+  ``/metrics`` stay open so kubelet and Prometheus need no secret.
+
+The Redis work is behind :class:`QueueBackend`, implemented on top of ``bgq.AsyncClient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import math
+import os
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Protocol
+
+import prometheus_client
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from bgq.errors import InvalidQueueName, JobNotFound, RedisUnavailable
+from bgq.httpserver import HttpServer, Request, Response
+from bgq.protocol import PRIORITIES, QueueName, check_job_id
+
+__all__ = [
+    "BatchRequest",
+    "EnqueueOutcome",
+    "EnqueueRequest",
+    "Gateway",
+    "QueueBackend",
+]
+
+log = logging.getLogger("bgq.gateway")
+
+DEFAULT_PORT = 8080
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024
+MAX_BATCH = 1000
+_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUEUE = "/v1/queues/{namespace}/{name}"
+
+
+# -- request models --------------------------------------------------------------------------------
+
+
+class EnqueueRequest(BaseModel):
+    """The JSON body of ``POST .../jobs`` (one element of ``jobs`` in a batch)."""
+
+    model_config = ConfigDict(extra="forbid", strict=False)
+
+    task: Annotated[str, Field(min_length=1, max_length=256)]
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    job_id: str | None = None
+    delay: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
+    priority: int | str | None = None
+    unique_key: Annotated[str, Field(min_length=1, max_length=256)] | None = None
+    timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    retries: Annotated[int, Field(ge=0, le=1000)] | None = None
+
+    @field_validator("task")
+    @classmethod
+    def _task_is_a_name(cls, value: str) -> str:
+        if value.strip() != value or any(ch.isspace() for ch in value):
+            raise ValueError("must be a task name without whitespace")
+        return value
+
+    @field_validator("job_id")
+    @classmethod
+    def _job_id_charset(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check_job_id(value)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+
+    @field_validator("priority")
+    @classmethod
+    def _priority_band(cls, value: int | str | None) -> int | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if value.lower() in PRIORITIES:
+                return PRIORITIES[value.lower()]
+            raise ValueError("must be high, normal, low or 0, 1, 2")
+        if isinstance(value, bool) or value not in (0, 1, 2):
+            raise ValueError("must be high, normal, low or 0, 1, 2")
+        return value
+
+
+class BatchRequest(BaseModel):
+    """The JSON body of ``POST .../jobs:batch``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    jobs: Annotated[list[EnqueueRequest], Field(min_length=1, max_length=MAX_BATCH)]
+
+
+@dataclass(frozen=True)
+class EnqueueOutcome:
+    """What the backend did with one enqueue request."""
+
+    id: str
+    created: bool  # False: a job with this id (or unique key) already existed; nothing new queued
+
+
+class QueueBackend(Protocol):
+    """The Redis work the gateway needs. Every method raises :class:`RedisUnavailable` when
+    Redis cannot be reached, and :class:`JobNotFound` for an unknown job."""
+
+    async def enqueue(self, queue: str, request: EnqueueRequest) -> EnqueueOutcome: ...
+
+    async def enqueue_many(
+        self, queue: str, requests: list[EnqueueRequest]
+    ) -> list[EnqueueOutcome]: ...
+
+    async def get_job(self, queue: str, job_id: str) -> dict[str, Any]: ...
+
+    async def cancel_job(self, queue: str, job_id: str) -> dict[str, Any]: ...
+
+    async def queue_stats(self, queue: str) -> dict[str, Any]: ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# -- the HTTP layer --------------------------------------------------------------------------------
+
+
+def _error(status: int, code: str, message: str, field: str | None = None) -> Response:
+    body: dict[str, Any] = {"error": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return Response.json(body, status=status)
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic ``("jobs", 3, "args")`` → ``jobs[3].args``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "body"
+
+
+def _validation_error(err: ValidationError) -> Response:
+    first = err.errors()[0]
+    field = _field_path(tuple(first["loc"]))
+    message = first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = "unknown field"
+    details = [
+        {"field": _field_path(tuple(e["loc"])), "message": e["msg"]} for e in err.errors()[:20]
+    ]
+    body = {
+        "error": "invalid_request",
+        "field": field,
+        "message": f"{field}: {message}",
+        "details": details,
+    }
+    return Response.json(body, status=400)
+
+
+class _Metrics:
+    """The gateway's own Prometheus registry (requests by route and status, enqueued jobs)."""
+
+    def __init__(self) -> None:
+        self.registry = prometheus_client.CollectorRegistry(auto_describe=True)
+        self.requests = prometheus_client.Counter(
+            "bgq_gateway_requests",
+            "HTTP requests served by the gateway, by route and status code.",
+            ["route", "status"],
+            registry=self.registry,
+        )
+        self.latency = prometheus_client.Histogram(
+            "bgq_gateway_request_duration_seconds",
+            "Gateway request handling time, by route.",
+            ["route"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=self.registry,
+        )
+        self.enqueued = prometheus_client.Counter(
+            "bgq_gateway_jobs_enqueued",
+            "Jobs newly enqueued through the gateway (idempotent repeats not counted).",
+            ["queue"],
+            registry=self.registry,
+        )
+        self.redis_unavailable = prometheus_client.Counter(
+            "bgq_gateway_redis_unavailable",
+            "Requests answered 503 because Redis could not be reached.",
+            registry=self.registry,
+        )
+
+
+Route = Callable[[Request], Awaitable[Response]]
+
+
+class Gateway:
+    """The gateway's HTTP routes over a :class:`QueueBackend`.
+
+    ``token``: when set, ``/v1`` requests need ``Authorization: Bearer <token>``.
+    """
+
+    def __init__(
+        self,
+        backend: QueueBackend,
+        *,
+        host: str = "0.0.0.0",
+        port: int = DEFAULT_PORT,
+        token: str | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
+        self.backend = backend
+        self.token = token or None
+        self.metrics = _Metrics()
+        self.server = HttpServer(host, port, max_body_bytes=max_body_bytes)
+        routes: list[tuple[str, str, Route]] = [
+            ("POST", _QUEUE + "/jobs", self._enqueue),
+            ("POST", _QUEUE + "/jobs:batch", self._enqueue_batch),
+            ("GET", _QUEUE + "/jobs/{id}", self._get_job),
+            ("DELETE", _QUEUE + "/jobs/{id}", self._cancel_job),
+            ("GET", _QUEUE, self._stats),
+            ("GET", "/livez", self._livez),
+            ("GET", "/readyz", self._readyz),
+            ("GET", "/metrics", self._metrics),
+        ]
+        for method, pattern, handler in routes:
+            self.server.route(method, pattern, self._instrument(pattern, handler))
+
+    @property
+    def port(self) -> int:
+        """The bound port (after :meth:`start`)."""
+        return self.server.port
+
+    async def start(self) -> None:
+        """Start serving (binds the port)."""
+        await self.server.start()
+        log.info(
+            "bgq gateway listening on %s:%s (auth %s)",
+            self.server.host,
+            self.server.port,
+            "on" if self.token else "off",
+        )
+
+    async def stop(self) -> None:
+        """Stop serving; requests in progress finish first."""
+        await self.server.stop()
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _instrument(self, pattern: str, handler: Route) -> Route:
+        protected = pattern.startswith("/v1/")
+
+        async def wrapped(request: Request) -> Response:
+            started = time.perf_counter()
+            if protected and not self._authorized(request):
+                response = _error(401, "unauthorized", "missing or wrong bearer token")
+                response.headers["WWW-Authenticate"] = 'Bearer realm="bgq"'
+            else:
+                try:
+                    response = await handler(request)
+                except RedisUnavailable as exc:
+                    self.metrics.redis_unavailable.inc()
+                    log.warning("redis unavailable: %s", exc)
+                    response = _error(503, "redis_unavailable", str(exc))
+                    response.headers["Retry-After"] = "1"
+                except JobNotFound as exc:
+                    response = _error(404, "job_not_found", str(exc), field="id")
+            self.metrics.requests.labels(pattern, str(response.status)).inc()
+            self.metrics.latency.labels(pattern).observe(time.perf_counter() - started)
+            return response
+
+        return wrapped
+
+    def _authorized(self, request: Request) -> bool:
+        if self.token is None:
+            return True
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return hmac.compare_digest(credentials.strip().encode(), self.token.encode())
+
+    @staticmethod
+    def _queue(request: Request) -> tuple[str, Response | None]:
+        namespace = request.path_params["namespace"]
+        name = request.path_params["name"]
+        try:
+            return str(QueueName.parse(f"{namespace}/{name}")), None
+        except InvalidQueueName as exc:
+            bad_namespace = len(namespace) > 63 or not _LABEL.match(namespace)
+            field = "namespace" if bad_namespace else "name"
+            return "", _error(400, "invalid_queue", str(exc), field=field)
+
+    @staticmethod
+    def _json_body(request: Request) -> tuple[Any, Response | None]:
+        content_type = request.headers.get("content-type", "application/json")
+        if "json" not in content_type.split(";")[0]:
+            return None, _error(
+                415, "unsupported_media_type", "send Content-Type: application/json", "body"
+            )
+        if not request.body.strip():
+            return None, _error(400, "invalid_request", "body: a JSON object is required", "body")
+        try:
+            return json.loads(request.body), None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            message = f"body: not valid JSON ({exc})"
+            return None, _error(400, "invalid_json", message, field="body")
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def _enqueue(self, request: Request) -> Response:
+        queue, problem = self._queue(request)
+        if problem:
+            return problem
+        data, problem = self._json_body(request)
+        if problem:
+            return problem
+        try:
+            job = EnqueueRequest.model_validate(data)
+        except ValidationError as exc:
+            return _validation_error(exc)
+        outcome = await self.backend.enqueue(queue, job)
+        if outcome.created:
+            self.metrics.enqueued.labels(queue).inc()
+        return Response.json(
+            {"id": outcome.id, "queue": queue, "created": outcome.created},
+            status=201 if outcome.created else 200,
+        )
+
+    async def _enqueue_batch(self, request: Request) -> Response:
+        queue, problem = self._queue(request)
+        if problem:
+            return problem
+        data, problem = self._json_body(request)
+        if problem:
+            return problem
+        try:
+            batch = BatchRequest.model_validate(data)
+        except ValidationError as exc:
+            return _validation_error(exc)
+        outcomes = await self.backend.enqueue_many(queue, batch.jobs)
+        created = sum(1 for o in outcomes if o.created)
+        if created:
+            self.metrics.enqueued.labels(queue).inc(created)
+        return Response.json(
+            {
+                "queue": queue,
+                "jobs": [{"id": o.id, "created": o.created} for o in outcomes],
+                "created": created,
+            },
+            status=201 if created else 200,
+        )
+
+    async def _get_job(self, request: Request) -> Response:
+        queue, problem = self._queue(request)
+        if problem:
+            return problem
+        return Response.json(await self.backend.get_job(queue, request.path_params["id"]))
+
+    async def _cancel_job(self, request: Request) -> Response:
+        queue, problem = self._queue(request)
+        if problem:
+            return problem
+        return Response.json(await self.backend.cancel_job(queue, request.path_params["id"]))
+
+    async def _stats(self, request: Request) -> Response:
+        queue, problem = self._queue(request)
+        if problem:
+            return problem
+        return Response.json(await self.backend.queue_stats(queue))
+
+    async def _livez(self, request: Request) -> Response:
+        return Response(body=b"ok\n")
+
+    async def _readyz(self, request: Request) -> Response:
+        try:
+            await asyncio.wait_for(self.backend.ping(), 2.0)
+        except (RedisUnavailable, TimeoutError) as exc:
+            return Response(status=503, body=f"redis unreachable: {exc}\n".encode())
+        return Response(body=b"ok\n")
+
+    async def _metrics(self, request: Request) -> Response:
+        return Response(
+            body=prometheus_client.generate_latest(self.metrics.registry),
+            content_type=prometheus_client.CONTENT_TYPE_LATEST,
+        )
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace non-finite floats (not valid JSON) by ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def token_from_env() -> str | None:
+    """``BGQ_GATEWAY_TOKEN`` (or the file named by ``BGQ_GATEWAY_TOKEN_FILE``), if set."""
+    token = os.environ.get("BGQ_GATEWAY_TOKEN", "").strip()
+    path = os.environ.get("BGQ_GATEWAY_TOKEN_FILE", "").strip()
+    if not token and path:
+        with open(path, encoding="utf-8") as handle:
+            token = handle.read().strip()
+    return token or None
