@@ -324,7 +324,8 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalingMemory) -> De
         )
 
     fresh = not memory.window
-    window_in = ((now, current),) if fresh else memory.window
+    # A fresh memory counts the current replicas as seen now (within maxReplicas).
+    window_in = ((now, min(current, policy.max_replicas)),) if fresh else memory.window
 
     if not obs.redis_ok:
         return _decide_without_redis(policy, obs, memory, window_in)
@@ -337,7 +338,8 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalingMemory) -> De
         now if memory.idle_since is None else min(memory.idle_since, now)
     )
     window = _slide(window_in, now, need, policy.scale_down_delay_s)
-    window_max = window[0][1]
+    # A lowered maxReplicas applies at once: needs recorded before the change are capped.
+    window_max = min(window[0][1], policy.max_replicas)
     base = f"{_describe_demand(obs)} {need_words}"
     extra: dict[str, Any] = {"windowMax": window_max, "busyPods": obs.busy_pods}
     if obs.ready_replicas < current:
@@ -367,7 +369,7 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalingMemory) -> De
 
     # need < current: a down-move, to the highest need seen during the delay.
     if window_max >= current:
-        held_since = max(t for t, n in window if n >= current)
+        held_since = max(t for t, n in window if min(n, policy.max_replicas) >= current)
         left = max(0.0, held_since + policy.scale_down_delay_s - now)
         extra["secondsLeft"] = left
         return result(
