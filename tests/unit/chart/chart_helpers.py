@@ -26,10 +26,19 @@ HELM_BUILD_HINT = (
 
 
 def find_helm() -> Path | None:
-    """The helm binary: ``$BGQ_HELM``, else the newest one in the project's build cache."""
+    """The helm binary: ``$BGQ_HELM``, else the pinned one ``hack/cluster/env`` names (the
+    cluster scripts are the single source of truth for versions), else any cached build."""
     explicit = os.environ.get("BGQ_HELM")
     if explicit:
         return Path(explicit)
+    env_script = ROOT / "hack" / "cluster" / "env"
+    if env_script.exists():
+        proc = subprocess.run(
+            ["bash", str(env_script)], capture_output=True, text=True, timeout=30, check=False
+        )
+        for line in proc.stdout.splitlines():
+            if line.startswith("HELM="):
+                return Path(line.removeprefix("HELM="))
     cache = Path(os.environ.get("BGQ_CACHE_DIR", Path.home() / ".cache" / "bgq"))
     found = sorted(cache.glob("helm-*/bin/helm"))
     return found[-1] if found else None
