@@ -1,0 +1,104 @@
+# shellcheck shell=bash
+# Shared settings for the hack/cluster scripts. Sourced, never executed.
+# Every knob can be overridden from the environment; the defaults are what CI uses.
+
+set -euo pipefail
+
+BGQ_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+export PATH="/usr/local/go/bin:/usr/sbin:/sbin:$PATH"
+
+K8S_VERSION="${BGQ_K8S_VERSION:-v1.36.3}"
+HELM_VERSION="${BGQ_HELM_VERSION:-v3.22.0}"
+CACHE_DIR="${BGQ_CACHE_DIR:-$HOME/.cache/bgq}"
+K8S_BIN="$CACHE_DIR/k8s-$K8S_VERSION/bin"
+HELM_BIN="$CACHE_DIR/helm-$HELM_VERSION/bin/helm"
+K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
+
+# One run directory holds everything of a running cluster: PKI, configs, logs, pids, state.
+RUN_DIR="${BGQ_CLUSTER_DIR:-/tmp/bgq-cluster}"
+KUBECONFIG_PATH="$RUN_DIR/kubeconfig"
+
+# Host-only addressing. The node IP lives on one end of a veth pair that leads nowhere;
+# pods live on a CNI bridge whose gateway address is also the address pods use for the host.
+NODE_NAME="${BGQ_NODE_NAME:-bgq-node}"
+NODE_IP="${BGQ_NODE_IP:-10.213.0.1}"
+VETH_HOST="bgq-node0"
+VETH_PEER="bgq-node1"
+POD_CIDR="${BGQ_POD_CIDR:-10.214.0.0/24}"
+BRIDGE="bgq-br0"
+BRIDGE_IP="${BGQ_BRIDGE_IP:-10.214.0.1}"
+SERVICE_CIDR="${BGQ_SERVICE_CIDR:-10.215.0.0/24}"
+API_SERVICE_IP="10.215.0.1"
+DNS_SERVICE_IP="10.215.0.10"
+API_PORT="${BGQ_API_PORT:-6443}"
+ETCD_PORT="${BGQ_ETCD_PORT:-23790}"
+ETCD_PEER_PORT="${BGQ_ETCD_PEER_PORT:-23800}"
+
+CONTAINERD_SOCK="$RUN_DIR/containerd/containerd.sock"
+CTR=(ctr --address "$CONTAINERD_SOCK" -n k8s.io)
+PAUSE_IMAGE="bgq.local/pause:1"
+
+APT_PACKAGES=(etcd-server etcd-client containerd runc containernetworking-plugins busybox-static
+  debootstrap iptables iproute2 redis-server openssl conntrack procps)
+
+log() { printf '[%s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+require_root() {
+  [[ $EUID -eq 0 ]] || die "$1 needs root (network namespaces, containerd, kubelet). Run it with sudo."
+}
+
+# ---- process and state helpers (used by up/down/status) ----
+PID_DIR="$RUN_DIR/pids"
+LOG_DIR="$RUN_DIR/logs"
+STATE_DIR="$RUN_DIR/state"
+
+pid_of() { [[ -f "$PID_DIR/$1.pid" ]] && cat "$PID_DIR/$1.pid"; }
+alive() { local p; p="$(pid_of "$1" 2>/dev/null)" && [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; }
+
+# start NAME CMD...: run detached in its own session (survives the caller), log and pid in RUN_DIR.
+start() {
+  local name="$1"; shift
+  if alive "$name"; then return 0; fi
+  mkdir -p "$PID_DIR" "$LOG_DIR"
+  setsid nohup "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  echo $! > "$PID_DIR/$name.pid"
+}
+
+# stop NAME [GRACE_SECONDS]: SIGTERM, then SIGKILL after the grace period.
+stop() {
+  local name="$1" grace="${2:-5}" p i
+  p="$(pid_of "$name" 2>/dev/null)" || return 0
+  if [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; then
+    kill -TERM "$p" 2>/dev/null || true
+    for ((i = 0; i < grace * 10; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -f "$PID_DIR/$name.pid"
+}
+
+# wait_until SECONDS WHAT CMD...: poll CMD every 0.1 s.
+wait_until() {
+  local timeout="$1" what="$2"; shift 2
+  local deadline=$((SECONDS + timeout))
+  until "$@" >/dev/null 2>&1; do
+    ((SECONDS < deadline)) || return 1
+    sleep 0.1
+  done
+}
+
+kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+api_ready() { curl -sf --max-time 2 --cacert "$RUN_DIR/pki/ca.crt" --cert "$RUN_DIR/pki/admin.crt" --key "$RUN_DIR/pki/admin.key" "https://$NODE_IP:$API_PORT/readyz" >/dev/null; }
+node_ready() {
+  [[ "$(kubectl_admin get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
+}
+
+# Serialise up/down across concurrent callers (several pytest sessions may start at once).
+cluster_lock() {
+  [[ -n "${BGQ_CLUSTER_LOCKED:-}" ]] && return 0  # a parent (up calling down) holds it
+  export BGQ_CLUSTER_LOCKED=1
+  mkdir -p "$CACHE_DIR"
+  exec 9>"$CACHE_DIR/cluster.lock"
+  flock -w 600 9 || die "timed out waiting for $CACHE_DIR/cluster.lock (another up/down running?)"
+}
