@@ -2,7 +2,8 @@
 
 Build it into a worker image with ``examples/Dockerfile`` (``FROM bgq-worker``), or run it on
 your machine: ``PYTHONPATH=examples bgq worker tasks --queue default/example``.
-Enqueue with ``bgq enqueue default/example tasks.add --args '[2, 3]' --wait``.
+Tasks are enqueued by name (the function's name unless ``name=`` says otherwise):
+``bgq enqueue default/example add --args '[2, 3]' --wait``.
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import hashlib
 import bgq
 
 
-@bgq.task()
+@bgq.task
 async def echo(value: str) -> str:
     """Return ``value`` unchanged: the smallest proof that a job ran."""
     return value
 
 
-@bgq.task()
+@bgq.task
 async def add(a: int, b: int) -> int:
     """Add two numbers (the job's result is their sum)."""
     return a + b
