@@ -1,0 +1,69 @@
+"""The Lua scripts of the protocol (``bgq/lua/*.lua``), run with EVALSHA and a NOSCRIPT fallback.
+
+The scripts are package data so a producer in another language can load the very same files.
+``Script`` works with both the sync and the asyncio redis-py clients.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import redis
+import redis.asyncio
+
+NAMES = ("enqueue", "fetch", "settle", "renew", "cancel", "orphans", "replay", "demand")
+
+
+@cache
+def source(name: str) -> str:
+    """The text of ``bgq/lua/<name>.lua``."""
+    return resources.files("bgq").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+class Script:
+    """One Lua script: its source and SHA1; call it sync or async, loading it on NOSCRIPT."""
+
+    __slots__ = ("name", "sha", "text")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.text = source(name)
+        self.sha = hashlib.sha1(self.text.encode()).hexdigest()  # Redis names scripts by SHA1
+
+    def run(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA on a sync client; on NOSCRIPT, SCRIPT LOAD and run again."""
+        try:
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            client.script_load(self.text)
+            return client.evalsha(self.sha, len(keys), *keys, *args)
+
+    async def arun(self, client: redis.asyncio.Redis, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA on an asyncio client; on NOSCRIPT, SCRIPT LOAD and run again."""
+        try:
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            await client.script_load(self.text)
+            return await client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class Scripts:
+    """All protocol scripts, read once at import."""
+
+    def __init__(self) -> None:
+        self.enqueue = Script("enqueue")
+        self.fetch = Script("fetch")
+        self.settle = Script("settle")
+        self.renew = Script("renew")
+        self.cancel = Script("cancel")
+        self.orphans = Script("orphans")
+        self.replay = Script("replay")
+        self.demand = Script("demand")
+
+
+SCRIPTS = Scripts()
+
+__all__ = ["NAMES", "SCRIPTS", "Script", "Scripts", "source"]
