@@ -1,0 +1,280 @@
+"""The chart on the real cluster, installed the way users install it.
+
+The operator runs IN the cluster (from ``operator_image``, deployed by ``helm install``), talks
+to the API server through its ServiceAccount, and reconciles an example BackgroundQueue from
+``examples/`` whose workers (``worker_image``) run ``examples/tasks.py``. A job is enqueued from
+a pod inside the cluster; then ``helm test`` must pass and ``helm uninstall`` must leave nothing
+of the release behind except the CRD (documented in docs/helm.md).
+
+The release is namespaced (``rbac.scope=namespaced``, watching only the test's namespace) so
+that it never competes with operators other e2e tests run on the same cluster; the CRD is
+applied from ``crds/`` beforehand and shared (``crds.install=false``), as docs/helm.md
+describes for a cluster with more than one bgq installation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from tests.e2e.kube import Cluster, HostRedis
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "bgq"
+EXAMPLES = ROOT / "examples"
+RELEASE = "bgq-e2e"
+CRD_NAME = "backgroundqueues.bgq.dev"
+
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def split_image(ref: str) -> tuple[str, str]:
+    repository, _, tag = ref.rpartition(":")
+    return repository, tag
+
+
+def example_queue(namespace: str, redis_url: str, worker_image: str) -> list[dict[str, Any]]:
+    """examples/backgroundqueue-full.yaml, pointed at the test Redis and the project image.
+
+    The stock worker image does not contain examples/tasks.py (users build their own image
+    FROM it, see examples/Dockerfile); without a Docker engine here, the module's source goes
+    in through an environment variable and is written to /tmp when the worker starts.
+    """
+    docs = list(yaml.safe_load_all((EXAMPLES / "backgroundqueue-full.yaml").read_text()))
+    secret = next(d for d in docs if d["kind"] == "Secret")
+    queue = next(d for d in docs if d["kind"] == "BackgroundQueue")
+    for doc in (secret, queue):
+        doc["metadata"]["namespace"] = namespace
+    secret["stringData"]["url"] = redis_url
+    worker = queue["spec"]["worker"]
+    worker["image"] = worker_image
+    worker["imagePullPolicy"] = "Never"
+    worker["command"] = ["/bin/sh", "-c"]
+    worker["args"] = ['printf "%s\\n" "$EXAMPLE_TASKS" > /tmp/tasks.py && exec bgq worker']
+    worker["env"] = [
+        *worker.get("env", []),
+        {"name": "PYTHONPATH", "value": "/tmp"},
+        {"name": "EXAMPLE_TASKS", "value": (EXAMPLES / "tasks.py").read_text()},
+    ]
+    worker["resources"] = {"requests": {"cpu": "10m", "memory": "64Mi"}}
+    # one small pod is enough here and keeps the shared single node free
+    queue["spec"]["scaling"].update({"maxReplicas": 1, "idleHeadroom": 0})
+    return [secret, queue]
+
+
+def enqueue_pod(
+    namespace: str, redis_url: str, worker_image: str, name: str, argv: list[str]
+) -> dict[str, Any]:
+    """A pod that runs the ``bgq`` CLI once from the worker image, restricted like the chart's."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "bgq",
+                    "image": worker_image,
+                    "imagePullPolicy": "Never",
+                    "command": ["bgq", *argv],
+                    "env": [{"name": "BGQ_REDIS_URL", "value": redis_url}],
+                    "securityContext": RESTRICTED_CONTAINER,
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                }
+            ],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }
+
+
+def pod_finished(cluster: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
+    pod = cluster.get_json("pod", name, "-n", namespace)
+    return pod if pod["status"].get("phase") in {"Succeeded", "Failed"} else None
+
+
+def leftovers(cluster: Cluster, namespace: str) -> list[str]:
+    """Everything still labelled as part of the release, cluster-wide and in its namespace."""
+    selector = f"app.kubernetes.io/instance={RELEASE}"
+    found = []
+    namespaced = (
+        "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,"
+        "configmaps,secrets,backgroundqueues"
+    )
+    for args in (
+        ("get", namespaced, "-n", namespace, "-l", selector, "-o", "name"),
+        ("get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name"),
+    ):
+        found += cluster.kubectl(*args).stdout.split()
+    # hook objects are named after the release; so are the RBAC objects
+    for args in (
+        ("get", "pods,backgroundqueues,deployments", "-n", namespace, "-o", "name"),
+        ("get", "clusterroles,clusterrolebindings", "-o", "name"),
+    ):
+        found += [n for n in cluster.kubectl(*args).stdout.split() if f"/{RELEASE}" in n]
+    return sorted(set(found))
+
+
+def test_helm_install_example_queue_helm_test_uninstall(
+    cluster: Cluster,
+    cluster_redis: HostRedis,
+    operator_image: str,
+    worker_image: str,
+    namespace: str,
+) -> None:
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / f"{CRD_NAME}.yaml")
+    )
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
+    op_repo, op_tag = split_image(operator_image)
+    wk_repo, wk_tag = split_image(worker_image)
+    install = cluster.helm(
+        "install", RELEASE, str(CHART),
+        "--namespace", namespace,
+        "--set", f"image.repository={op_repo}", "--set", f"image.tag={op_tag}",
+        "--set", "image.pullPolicy=Never",
+        "--set", f"worker.image.repository={wk_repo}", "--set", f"worker.image.tag={wk_tag}",
+        "--set", "worker.image.pullPolicy=Never",
+        "--set", "rbac.scope=namespaced",
+        "--set", "crds.install=false",
+        "--set", f"tests.redisUrl={cluster_redis.url_for_pods}",
+        "--set", "operator.logLevel=DEBUG",
+        "--wait", "--timeout", "180s",
+        check=False, timeout=240,
+    )  # fmt: skip
+    operator_pods = cluster.pods(namespace, "app.kubernetes.io/component=operator")
+    operator_logs = "\n".join(
+        cluster.logs(namespace, p["metadata"]["name"])[-3000:] for p in operator_pods
+    )
+    assert install.returncode == 0, f"{install.stderr}\noperator logs:\n{operator_logs}"
+    assert "helm test" in install.stdout  # NOTES tell the next command
+    try:
+        run_example_and_helm_test(cluster, cluster_redis, worker_image, namespace)
+    except BaseException:
+        for pod in cluster.pods(namespace, "app.kubernetes.io/component=operator"):
+            print(cluster.logs(namespace, pod["metadata"]["name"])[-6000:])
+        # Remove the queues while the operator still runs, so their finalizers cannot hold
+        # the namespace in Terminating after the release is gone.
+        cluster.kubectl("delete", "bgq", "--all", "-n", namespace, "--timeout=60s", check=False)
+        cluster.helm("uninstall", RELEASE, "-n", namespace, "--timeout", "60s", check=False)
+        raise
+
+    # Queues first, while the operator still runs (docs/helm.md, "Uninstall").
+    cluster.kubectl("delete", "backgroundqueue", "reports", "-n", namespace, "--timeout=60s")
+    cluster.wait_for(
+        lambda: not cluster.pods(namespace, "bgq.dev/queue=reports"), 60, "example workers gone"
+    )
+    uninstall = cluster.helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "120s")
+    assert "uninstalled" in uninstall.stdout
+    cluster.wait_for(
+        lambda: not leftovers(cluster, namespace) or None,
+        60,
+        "nothing of the release left after helm uninstall",
+    )
+    # the CRD stays (documented): the other installations and their queues rely on it
+    assert cluster.kubectl("get", "crd", CRD_NAME, check=False).returncode == 0
+
+
+def run_example_and_helm_test(
+    cluster: Cluster, cluster_redis: HostRedis, worker_image: str, namespace: str
+) -> None:
+    # the operator pod really is restricted and runs as the chart's ServiceAccount
+    (operator,) = cluster.pods(namespace, "app.kubernetes.io/component=operator")
+    assert operator["spec"]["serviceAccountName"] == RELEASE
+    assert operator["spec"]["containers"][0]["securityContext"]["readOnlyRootFilesystem"] is True
+
+    # an example BackgroundQueue, reconciled by the in-cluster operator
+    cluster.apply(example_queue(namespace, cluster_redis.url_for_pods, worker_image))
+    cluster.wait_for(
+        lambda: (
+            cluster.kubectl(
+                "get", "deployment", "bgq-reports", "-n", namespace, check=False
+            ).returncode
+            == 0
+        ),
+        60,
+        "the operator to create the example's worker Deployment",
+    )
+
+    # enqueue from inside the cluster and wait for the result (the queue scales up from zero)
+    job_id = "e2e-helm-add"
+    cluster.apply(
+        enqueue_pod(
+            namespace,
+            cluster_redis.url_for_pods,
+            worker_image,
+            "enqueue-add",
+            [
+                "enqueue",
+                f"{namespace}/reports",
+                "add",
+                "--args",
+                "[2, 3]",
+                "--job-id",
+                job_id,
+                "--wait",
+                "150",
+                "--json",
+            ],
+        )
+    )
+    pod = cluster.wait_for(
+        lambda: pod_finished(cluster, namespace, "enqueue-add"), 180, "the enqueue pod to finish"
+    )
+    logs = cluster.logs(namespace, "enqueue-add")
+    assert pod["status"]["phase"] == "Succeeded", f"enqueue pod failed:\n{logs}"
+    with cluster_redis.client() as r:
+        raw = r.hgetall(f"bgq:{{{namespace}/reports}}:job:{job_id}")
+    job = {k.decode(): v.decode(errors="replace") for k, v in raw.items()}
+    assert job.get("state") == "succeeded", job
+    assert "5" in logs, logs
+
+    # the BackgroundQueue's status reflects the work and the scale-up
+    def status_updated() -> dict[str, Any] | None:
+        obj = cluster.get_json("backgroundqueue", "reports", "-n", namespace)
+        status = obj.get("status", {})
+        scaled = status.get("scaling", {}).get("lastScaleTime")
+        observed = status.get("observedGeneration") == obj["metadata"]["generation"]
+        return status if scaled and observed and "queue" in status else None
+
+    status = cluster.wait_for(status_updated, 60, "the example's status to be updated")
+    assert status["queue"]["backlog"] == 0, status
+
+    # helm test: a BackgroundQueue of its own, a job enqueued from a pod, waited for
+    result = cluster.helm("test", RELEASE, "-n", namespace, "--timeout", "240s", check=False,
+                          timeout=300)  # fmt: skip
+    if result.returncode != 0:
+        pods = cluster.kubectl("get", "pods,bgq", "-n", namespace, "-o", "wide").stdout
+        test_logs = cluster.logs(namespace, f"{RELEASE}-test-enqueue")
+        raise AssertionError(f"helm test failed: {result.stderr}\n{pods}\n{test_logs}")
+    assert "Succeeded" in result.stdout, result.stdout
+    # hook-succeeded: the test's queue and pod are gone again
+    cluster.wait_for(
+        lambda: (
+            cluster.kubectl(
+                "get", "backgroundqueue", f"{RELEASE}-test", "-n", namespace, check=False
+            ).returncode
+            != 0
+        ),
+        60,
+        "the helm test BackgroundQueue to be deleted",
+    )
+    cluster.wait_for(
+        lambda: (
+            not cluster.pods(namespace, "app.kubernetes.io/component=test")
+            and not cluster.pods(namespace, f"bgq.dev/queue={RELEASE}-test")
+        ),
+        60,
+        "the helm test pod and the test queue's workers to be gone",
+    )
