@@ -19,12 +19,35 @@ code  meaning
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import importlib
 import json
 import math
 import os
+import re
 import sys
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, NoReturn
+
+import redis
+
+from bgq.client import Client, DeadLetter, JobInfo
+from bgq.connection import unavailable
+from bgq.errors import (
+    BgqError,
+    ConfigError,
+    InvalidQueueName,
+    JobCancelled,
+    JobFailed,
+    JobNotFound,
+    PayloadError,
+    RedisUnavailable,
+    WaitTimeout,
+)
+from bgq.gateway import job_document, stats_document
+from bgq.protocol import PRIORITIES, QueueName
 
 __all__ = [
     "EXIT_FAILED",
@@ -49,7 +72,6 @@ EXIT_TIMEOUT = 4
 EXIT_INTERRUPTED = 130
 
 DEFAULT_REDIS_URL = "redis://localhost:6379/0"
-PRIORITIES = {"high": 0, "normal": 1, "low": 2}
 
 
 class CliError(Exception):
@@ -350,11 +372,474 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
 
 
+# -- plumbing shared by the commands ---------------------------------------------------------------
+
+
 def _redis_url(args: argparse.Namespace) -> str:
     return str(args.redis_url or os.environ.get("BGQ_REDIS_URL") or DEFAULT_REDIS_URL)
 
 
-_COMMANDS: dict[str, Callable[[argparse.Namespace, IO[str]], int]] = {}
+def _queue(args: argparse.Namespace) -> QueueName:
+    try:
+        return QueueName.parse(args.queue, args.namespace)
+    except InvalidQueueName as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+
+
+@contextlib.contextmanager
+def _translate_errors(url: str) -> Iterator[None]:
+    """Turn the expected failures of a command into one-line :class:`CliError`."""
+    try:
+        yield
+    except RedisUnavailable as exc:
+        raise CliError(str(exc), EXIT_FAILED) from exc
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise CliError(str(unavailable(url, exc)), EXIT_FAILED) from exc
+    except JobNotFound as exc:
+        raise CliError(str(exc), EXIT_NOT_FOUND) from exc
+    except (ConfigError, PayloadError) as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+    except redis.exceptions.ResponseError as exc:
+        raise CliError(f"Redis refused the command: {exc}", EXIT_FAILED) from exc
+    except redis.exceptions.RedisError as exc:
+        raise CliError(f"Redis error: {exc}", EXIT_FAILED) from exc
+    except BgqError as exc:
+        raise CliError(str(exc), EXIT_FAILED) from exc
+
+
+def _connect(args: argparse.Namespace) -> Client:
+    """A producer client for ``--redis-url`` (``BGQ_REDIS_PASSWORD`` / ``_TLS_CA_FILE`` apply)."""
+    try:
+        return Client(_redis_url(args), namespace=args.namespace)
+    except ConfigError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from exc
+
+
+def _emit_json(out: IO[str], document: object, *, compact: bool = False) -> None:
+    if compact:
+        out.write(json.dumps(document, separators=(",", ":"), default=str) + "\n")
+    else:
+        out.write(json.dumps(document, indent=2, default=str) + "\n")
+    out.flush()
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+# -- bgq stats -------------------------------------------------------------------------------------
+
+
+def render_stats(document: dict[str, Any]) -> str:
+    """The human view of :func:`bgq.gateway.stats_document` (pure)."""
+    workers = document["workers"]
+    states: dict[str, int] = {}
+    for w in workers:
+        states[w["state"] or "?"] = states.get(w["state"] or "?", 0) + 1
+    summary = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+    head = format_fields(
+        [
+            ("queue", document["queue"]),
+            ("backlog", document["backlog"]),
+            ("in flight", document["in_flight"]),
+            ("delayed", f"{document['delayed']} ({document['due']} due)"),
+            ("dead", document["dead"]),
+            (
+                "oldest ready",
+                format_duration(document["oldest_ready_age_seconds"])
+                if document["backlog"]
+                else "-",
+            ),
+            ("workers", f"{len(workers)} ({summary})" if workers else "0"),
+        ]
+    )
+    if not workers:
+        return head
+    table = format_table(
+        ["WORKER", "STATE", "IN FLIGHT", "CONCURRENCY", "OLDEST JOB", "HEARTBEAT", "VERSION"],
+        [
+            [
+                w["consumer"],
+                w["state"] or "?",
+                w["in_flight"],
+                w["concurrency"],
+                format_duration(w["oldest_running_seconds"]),
+                format_duration(w["heartbeat_age_seconds"]) + " ago",
+                w["version"] or None,
+            ]
+            for w in workers
+        ],
+    )
+    return f"{head}\n\n{table}"
+
+
+def _cmd_stats(args: argparse.Namespace, out: IO[str]) -> int:
+    queue = _queue(args)
+    url = _redis_url(args)
+    client = _connect(args)
+    iterations = 0
+    try:
+        while True:
+            with _translate_errors(url):
+                now = _now_ms()
+                demand = client.stats(queue)
+            document = stats_document(str(queue), demand, now)
+            if args.json:
+                _emit_json(out, document, compact=args.watch is not None)
+            else:
+                if args.watch is not None and out.isatty():
+                    out.write("\x1b[H\x1b[2J")
+                if args.watch is not None:
+                    stamp = time.strftime("%H:%M:%S")
+                    out.write(f"every {format_duration(args.watch)}, at {stamp}\n")
+                out.write(render_stats(document) + "\n")
+                if args.watch is not None:
+                    out.write("\n")
+                out.flush()
+            iterations += 1
+            if args.watch is None or (args.iterations and iterations >= args.iterations):
+                return EXIT_OK
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return EXIT_OK if args.watch is not None else EXIT_INTERRUPTED
+    finally:
+        client.close()
+
+
+# -- bgq enqueue -----------------------------------------------------------------------------------
+
+_ENQUEUE_MESSAGES = {
+    "enqueued": "enqueued job {id} on {queue}",
+    "exists": "job {id} already exists on {queue}: nothing changed",
+    "duplicate": "unique key held by job {id} on {queue}: nothing enqueued",
+}
+
+
+def _cmd_enqueue(args: argparse.Namespace, out: IO[str]) -> int:
+    job_args = parse_json_option("--args", args.args, list)
+    job_kwargs = parse_json_option("--kwargs", args.kwargs, dict)
+    queue = _queue(args)
+    url = _redis_url(args)
+    options: dict[str, Any] = {}
+    for name in ("job_id", "delay", "priority", "unique_key", "timeout", "retries"):
+        value = getattr(args, name)
+        if value is not None:
+            options[name] = value
+    with _connect(args) as client, _translate_errors(url):
+        job = client.enqueue_with(queue, args.task, args=job_args, kwargs=job_kwargs, **options)
+        document: dict[str, Any] = {
+            "id": job.id,
+            "queue": job.queue,
+            "status": job.status,
+            "created": job.created,
+        }
+        if args.wait is None:
+            if args.json:
+                _emit_json(out, document)
+            else:
+                out.write(_ENQUEUE_MESSAGES.get(job.status, "{id}").format(**document) + "\n")
+            return EXIT_OK
+        if not args.json:
+            out.write(_ENQUEUE_MESSAGES.get(job.status, "{id}").format(**document) + "\n")
+            out.flush()
+        timeout = args.wait if math.isfinite(args.wait) else 10 * 365 * 86400.0
+        return _wait_and_report(
+            client, queue, document, timeout=timeout, as_json=args.json, out=out
+        )
+
+
+def _wait_and_report(
+    client: Client,
+    queue: QueueName,
+    document: dict[str, Any],
+    *,
+    timeout: float,
+    as_json: bool,
+    out: IO[str],
+) -> int:
+    """``--wait``: print the result (exit 0), or why there is none (exit 1 / 4)."""
+    job_id = str(document["id"])
+    try:
+        result = client.wait(queue, job_id, timeout=timeout)
+    except JobFailed as exc:
+        if as_json:
+            _emit_json(out, {**document, "state": "dead", "error": exc.error, "reason": exc.reason})
+        raise CliError(str(exc), EXIT_FAILED) from exc
+    except JobCancelled as exc:
+        if as_json:
+            _emit_json(out, {**document, "state": "cancelled"})
+        raise CliError(str(exc), EXIT_FAILED) from exc
+    except WaitTimeout as exc:
+        raise CliError(f"{exc}; it goes on, see: bgq job {queue} {job_id}", EXIT_TIMEOUT) from exc
+    if as_json:
+        _emit_json(out, {**document, "state": "succeeded", "result": result})
+    else:
+        out.write(json.dumps(result, default=str) + "\n")
+    return EXIT_OK
+
+
+# -- bgq job ---------------------------------------------------------------------------------------
+
+
+def _age(iso: str | None, now: float) -> str:
+    if not iso:
+        return "-"
+    import datetime as dt
+
+    moment = dt.datetime.fromisoformat(iso)
+    return f"{iso}  ({format_duration(now - moment.timestamp())} ago)"
+
+
+def render_job(document: dict[str, Any], now: float | None = None) -> str:
+    """The human view of :func:`bgq.gateway.job_document` (pure given ``now``)."""
+    now = time.time() if now is None else now
+    retries = document["max_retries"]
+    pairs: list[tuple[str, object]] = [
+        ("id", document["id"]),
+        ("queue", document["queue"]),
+        ("task", document["task"]),
+        (
+            "state",
+            document["state"] + (" (cancel requested)" if document["cancel_requested"] else ""),
+        ),
+        (
+            "attempt",
+            f"{document['attempt']}" + (f" of {retries + 1}" if retries is not None else ""),
+        ),
+        ("args", document["args"]),
+        ("kwargs", document["kwargs"]),
+        ("enqueued", _age(document["enqueued_at"], now)),
+        ("started", _age(document["started_at"], now)),
+        ("finished", _age(document["finished_at"], now)),
+    ]
+    if document["lease_expiries"]:
+        pairs.append(("lease expiries", document["lease_expiries"]))
+    if document["state"] == "succeeded":
+        pairs.append(("result", json.dumps(document["result"], default=str)))
+    if document["reason"]:
+        pairs.append(("reason", document["reason"]))
+    if document["error"]:
+        pairs.append(("error", document["error"]))
+    text = format_fields(pairs)
+    if document["traceback"]:
+        text += "\n\ntraceback:\n" + document["traceback"].rstrip()
+    return text
+
+
+def _cmd_job(args: argparse.Namespace, out: IO[str]) -> int:
+    queue = _queue(args)
+    url = _redis_url(args)
+    with _connect(args) as client, _translate_errors(url):
+        if args.cancel:
+            outcome = client.cancel(queue, args.job_id)
+            if outcome == "missing":
+                raise JobNotFound(f"job {args.job_id!r} not found in queue {queue}")
+            cancelled = outcome in ("cancelled", "cancelling")
+            if args.json:
+                _emit_json(
+                    out,
+                    {
+                        "id": args.job_id,
+                        "queue": str(queue),
+                        "outcome": outcome,
+                        "cancelled": cancelled,
+                    },
+                )
+            elif outcome == "cancelled":
+                out.write(f"cancelled job {args.job_id}\n")
+            elif outcome == "cancelling":
+                out.write(
+                    f"job {args.job_id} is running: its worker cancels it at the next "
+                    "lease renewal\n"
+                )
+            else:
+                out.write(f"job {args.job_id} had already finished ({outcome}): left alone\n")
+            return EXIT_OK
+        info: JobInfo = client.get(queue, args.job_id)
+    document = job_document(info)
+    if args.json:
+        _emit_json(out, document)
+    else:
+        out.write(render_job(document) + "\n")
+    return EXIT_OK
+
+
+# -- bgq dead --------------------------------------------------------------------------------------
+
+
+def dead_document(letter: DeadLetter) -> dict[str, Any]:
+    """One dead letter as JSON (``bgq dead list --json``)."""
+    return {
+        "entry_id": letter.entry_id,
+        "job_id": letter.job_id,
+        "task": letter.task,
+        "reason": letter.reason,
+        "error": letter.error,
+        "dead_at": (
+            time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(letter.dead_ms / 1000))
+            if letter.dead_ms
+            else None
+        ),
+        "traceback": letter.traceback,
+    }
+
+
+def render_dead(letters: Sequence[DeadLetter], now_ms: int) -> str:
+    """The human table of dead letters (pure given ``now_ms``)."""
+    if not letters:
+        return "no dead letters"
+    return format_table(
+        ["JOB ID", "TASK", "REASON", "DIED", "ERROR"],
+        [
+            [
+                letter.job_id or f"(entry {letter.entry_id})",
+                letter.task or None,
+                letter.reason or None,
+                (format_duration((now_ms - letter.dead_ms) / 1000) + " ago")
+                if letter.dead_ms
+                else None,
+                _short(letter.error) if letter.error else None,
+            ]
+            for letter in letters
+        ],
+    )
+
+
+_ENTRY_ID = re.compile(r"^\d+-\d+$")
+
+
+def _all_dead(client: Client, queue: QueueName) -> list[DeadLetter]:
+    letters: list[DeadLetter] = []
+    after: str | None = None
+    while True:
+        page = client.dead_letters(queue, limit=1000, after=after)
+        letters.extend(page)
+        if len(page) < 1000:
+            return letters
+        after = page[-1].entry_id
+
+
+def _resolve_dead(client: Client, queue: QueueName, ids: Sequence[str]) -> list[str]:
+    """Map job ids (or dead-letter entry ids) to entry ids; unknown ones are an error."""
+    letters = _all_dead(client, queue)
+    by_entry = {letter.entry_id: letter for letter in letters}
+    by_job: dict[str, list[str]] = {}
+    for letter in letters:
+        by_job.setdefault(letter.job_id, []).append(letter.entry_id)
+    entries: list[str] = []
+    missing: list[str] = []
+    for ident in ids:
+        if ident in by_entry:
+            entries.append(ident)
+        elif ident in by_job:
+            entries.extend(by_job[ident])
+        else:
+            missing.append(ident)
+    if missing:
+        raise CliError(
+            f"no dead letter {', '.join(missing)} in queue {queue} (see: bgq dead list {queue}); "
+            "nothing was changed",
+            EXIT_NOT_FOUND,
+        )
+    return list(dict.fromkeys(entries))
+
+
+def _confirm(question: str) -> bool:
+    if not sys.stdin.isatty():
+        return False
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
+
+
+def _cmd_dead(args: argparse.Namespace, out: IO[str]) -> int:
+    queue = _queue(args)
+    url = _redis_url(args)
+    if args.action != "list":
+        if args.all and args.ids:
+            raise CliError("give job ids or --all, not both", EXIT_USAGE)
+        if not args.all and not args.ids:
+            raise CliError(f"dead {args.action}: give job ids, or --all", EXIT_USAGE)
+    with _connect(args) as client, _translate_errors(url):
+        if args.action == "list":
+            letters = client.dead_letters(queue, limit=args.limit)
+            if args.json:
+                _emit_json(out, [dead_document(letter) for letter in letters])
+            else:
+                out.write(render_dead(letters, _now_ms()) + "\n")
+            return EXIT_OK
+        entries = None if args.all else _resolve_dead(client, queue, args.ids)
+        if args.action == "replay":
+            result = client.replay_dead(queue, entries)
+            if args.json:
+                _emit_json(
+                    out,
+                    {"queue": str(queue), "replayed": result.replayed, "skipped": result.skipped},
+                )
+            else:
+                out.write(f"replayed {result.replayed} dead letter(s) on {queue}")
+                if result.skipped:
+                    out.write(f"; kept {result.skipped} (no envelope, or the job is live again)")
+                out.write("\n")
+            return EXIT_OK
+        what = (
+            f"all dead letters of {queue}" if args.all else f"{len(entries or [])} dead letter(s)"
+        )
+        if not args.yes and not _confirm(f"purge {what}? this cannot be undone"):
+            raise CliError(f"not purging {what} without confirmation: add --yes", EXIT_USAGE)
+        purged = client.purge_dead(queue, entries)
+        if args.json:
+            _emit_json(out, {"queue": str(queue), "purged": purged})
+        else:
+            out.write(f"purged {purged} dead letter(s) from {queue}\n")
+        return EXIT_OK
+
+
+# -- bgq worker / bgq gateway ----------------------------------------------------------------------
+
+
+def _cmd_worker(args: argparse.Namespace, out: IO[str]) -> int:
+    if args.redis_url:
+        os.environ["BGQ_REDIS_URL"] = args.redis_url
+    if args.namespace:
+        os.environ["BGQ_NAMESPACE"] = args.namespace
+    argv: list[str] = []
+    if args.module:
+        argv.append(args.module)
+    if args.queue:
+        argv += ["--queue", args.queue]
+    if args.concurrency:
+        argv += ["--concurrency", str(args.concurrency)]
+    try:
+        worker_main = importlib.import_module("bgq.worker").main
+    except (ImportError, AttributeError) as exc:  # pragma: no cover - a broken install
+        raise CliError(f"the worker runtime cannot be imported: {exc}", EXIT_FAILED) from exc
+    with _translate_errors(_redis_url(args)):
+        return int(worker_main(argv) or 0)
+
+
+def _cmd_gateway(args: argparse.Namespace, out: IO[str]) -> int:
+    import logging
+
+    from bgq.gateway import serve
+
+    logging.basicConfig(
+        level=os.environ.get("BGQ_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    with _translate_errors(_redis_url(args)):
+        asyncio.run(serve(redis_url=_redis_url(args), host=args.host or "0.0.0.0", port=args.port))
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace, IO[str]], int]] = {
+    "worker": _cmd_worker,
+    "enqueue": _cmd_enqueue,
+    "stats": _cmd_stats,
+    "job": _cmd_job,
+    "dead": _cmd_dead,
+    "gateway": _cmd_gateway,
+}
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -27,6 +27,8 @@ The Redis work is behind :class:`QueueBackend`, implemented on top of ``bgq.Asyn
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import hmac
 import json
 import logging
@@ -34,16 +36,20 @@ import math
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol
 
 import prometheus_client
+import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from bgq.errors import InvalidQueueName, JobNotFound, RedisUnavailable
+from bgq.client import AsyncClient, JobInfo, JobSpec
+from bgq.connection import unavailable
+from bgq.errors import ConfigError, InvalidQueueName, JobNotFound, PayloadError, RedisUnavailable
 from bgq.httpserver import HttpServer, Request, Response
 from bgq.protocol import PRIORITIES, QueueName, check_job_id
+from bgq.stats import QueueDemand
 
 __all__ = [
     "BatchRequest",
@@ -51,6 +57,11 @@ __all__ = [
     "EnqueueRequest",
     "Gateway",
     "QueueBackend",
+    "RedisBackend",
+    "job_document",
+    "serve",
+    "stats_document",
+    "token_from_env",
 ]
 
 log = logging.getLogger("bgq.gateway")
@@ -121,10 +132,15 @@ class BatchRequest(BaseModel):
 
 @dataclass(frozen=True)
 class EnqueueOutcome:
-    """What the backend did with one enqueue request."""
+    """What the backend did with one enqueue request.
+
+    ``status``: ``enqueued`` (created), ``exists`` (a job with this id already existed: nothing
+    changed), ``duplicate`` (the unique key is held by job ``id``: nothing created).
+    """
 
     id: str
-    created: bool  # False: a job with this id (or unique key) already existed; nothing new queued
+    created: bool
+    status: str = "enqueued"
 
 
 class QueueBackend(Protocol):
@@ -292,6 +308,11 @@ class Gateway:
                     response.headers["Retry-After"] = "1"
                 except JobNotFound as exc:
                     response = _error(404, "job_not_found", str(exc), field="id")
+                except PayloadError as exc:
+                    status = 413 if "over the limit" in str(exc) else 400
+                    response = _error(status, "invalid_payload", str(exc), field="args")
+                except ConfigError as exc:
+                    response = _error(400, "invalid_request", str(exc), field="body")
             self.metrics.requests.labels(pattern, str(response.status)).inc()
             self.metrics.latency.labels(pattern).observe(time.perf_counter() - started)
             return response
@@ -349,7 +370,12 @@ class Gateway:
         if outcome.created:
             self.metrics.enqueued.labels(queue).inc()
         return Response.json(
-            {"id": outcome.id, "queue": queue, "created": outcome.created},
+            {
+                "id": outcome.id,
+                "queue": queue,
+                "status": outcome.status,
+                "created": outcome.created,
+            },
             status=201 if outcome.created else 200,
         )
 
@@ -371,7 +397,7 @@ class Gateway:
         return Response.json(
             {
                 "queue": queue,
-                "jobs": [{"id": o.id, "created": o.created} for o in outcomes],
+                "jobs": [{"id": o.id, "status": o.status, "created": o.created} for o in outcomes],
                 "created": created,
             },
             status=201 if created else 200,
@@ -412,6 +438,74 @@ class Gateway:
         )
 
 
+def stats_document(queue: str, demand: QueueDemand, now_ms: int) -> dict[str, Any]:
+    """A queue's statistics as JSON: ``GET /v1/queues/{ns}/{name}`` and ``bgq stats --json``."""
+    return {
+        "queue": queue,
+        "backlog": demand.backlog,
+        "in_flight": demand.in_flight,
+        "delayed": demand.delayed,
+        "due": demand.due,
+        "dead": demand.dead,
+        "oldest_ready_age_seconds": round(demand.oldest_ready_age_ms / 1000, 3),
+        "workers": [
+            {
+                "consumer": w.consumer,
+                "pod": w.pod,
+                "pid": w.pid,
+                "state": w.state,
+                "in_flight": w.in_flight,
+                "concurrency": w.concurrency,
+                "oldest_running_seconds": (
+                    round(max(0, now_ms - w.oldest_started_ms) / 1000, 3)
+                    if w.oldest_started_ms
+                    else None
+                ),
+                "heartbeat_age_seconds": round(max(0, now_ms - w.heartbeat_ms) / 1000, 3),
+                "version": w.version,
+            }
+            for w in sorted(demand.workers, key=lambda w: w.consumer)
+        ],
+    }
+
+
+def _iso(ms: int) -> str | None:
+    if not ms:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
+
+
+def job_document(info: JobInfo) -> dict[str, Any]:
+    """A job's record as JSON: ``GET .../jobs/{id}`` and ``bgq job --json``."""
+    env = info.envelope
+    document: dict[str, Any] = _json_safe(
+        {
+            "id": info.id,
+            "queue": info.queue,
+            "task": info.task,
+            "state": str(info.state),
+            "attempt": info.attempt,
+            "max_retries": info.max_retries,
+            "enqueued_at": _iso(info.enqueued_ms),
+            "started_at": _iso(info.started_ms),
+            "finished_at": _iso(info.finished_ms),
+            "result": info.result,
+            "error": info.error or None,
+            "reason": info.reason or None,
+            "traceback": info.traceback or None,
+            "lease_expiries": info.lease_expiries,
+            "cancel_requested": info.cancel_requested,
+            "args": env.args if env else None,
+            "kwargs": env.kwargs if env else None,
+            "priority": env.priority if env else None,
+            "timeout": env.timeout if env else None,
+            "unique_key": env.unique_key if env else None,
+            "headers": env.headers if env else None,
+        }
+    )
+    return document
+
+
 def _json_safe(value: Any) -> Any:
     """Replace non-finite floats (not valid JSON) by ``None``."""
     if isinstance(value, float) and not math.isfinite(value):
@@ -431,3 +525,128 @@ def token_from_env() -> str | None:
         with open(path, encoding="utf-8") as handle:
             token = handle.read().strip()
     return token or None
+
+
+# -- the Redis backend -----------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def _redis_errors(url: str) -> AsyncIterator[None]:
+    """Any Redis failure (connection, timeout, a replica refusing writes...) is a 503."""
+    try:
+        yield
+    except redis.exceptions.RedisError as exc:
+        raise unavailable(url, exc) from exc
+    except OSError as exc:
+        raise unavailable(url, exc) from exc
+
+
+def _spec(request: EnqueueRequest) -> JobSpec:
+    return JobSpec(
+        task=request.task,
+        args=request.args,
+        kwargs=request.kwargs,
+        job_id=request.job_id,
+        delay=request.delay,
+        priority=request.priority if isinstance(request.priority, int) else 1,
+        unique_key=request.unique_key,
+        timeout=request.timeout,
+        retries=request.retries,
+    )
+
+
+class RedisBackend:
+    """:class:`QueueBackend` on ``bgq.AsyncClient``: the protocol's own enqueue script."""
+
+    def __init__(self, client: AsyncClient, url: str) -> None:
+        self.client = client
+        self.url = url  # for error messages (redacted)
+
+    async def enqueue(self, queue: str, request: EnqueueRequest) -> EnqueueOutcome:
+        async with _redis_errors(self.url):
+            job = await self.client.enqueue_many(queue, [_spec(request)])
+        return EnqueueOutcome(job[0].id, job[0].created, job[0].status)
+
+    async def enqueue_many(
+        self, queue: str, requests: list[EnqueueRequest]
+    ) -> list[EnqueueOutcome]:
+        async with _redis_errors(self.url):
+            jobs = await self.client.enqueue_many(queue, [_spec(r) for r in requests])
+        return [EnqueueOutcome(j.id, j.created, j.status) for j in jobs]
+
+    async def get_job(self, queue: str, job_id: str) -> dict[str, Any]:
+        async with _redis_errors(self.url):
+            info = await self.client.get(queue, job_id)
+        return job_document(info)
+
+    async def cancel_job(self, queue: str, job_id: str) -> dict[str, Any]:
+        async with _redis_errors(self.url):
+            outcome = await self.client.cancel(queue, job_id)
+        if outcome == "missing":
+            raise JobNotFound(f"job {job_id!r} not found in queue {queue}")
+        return {
+            "id": job_id,
+            "queue": queue,
+            "outcome": outcome,
+            "cancelled": outcome in ("cancelled", "cancelling"),
+        }
+
+    async def queue_stats(self, queue: str) -> dict[str, Any]:
+        async with _redis_errors(self.url):
+            demand = await self.client.stats(queue)
+        return stats_document(queue, demand, int(time.time() * 1000))
+
+    async def ping(self) -> None:
+        async with _redis_errors(self.url):
+            await self.client.redis.ping()
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def serve(
+    *,
+    redis_url: str | None = None,
+    host: str = "0.0.0.0",
+    port: int | None = None,
+    token: str | None = None,
+    ready: Callable[[Gateway], None] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set), then stop gracefully.
+
+    ``port`` defaults to ``BGQ_GATEWAY_PORT``, else 8080; ``token`` to :func:`token_from_env`.
+    ``ready`` is called once the port is bound (tests use it to learn the port).
+    """
+    import signal
+
+    if port is None:
+        port = int(os.environ.get("BGQ_GATEWAY_PORT", DEFAULT_PORT))
+    max_body = int(os.environ.get("BGQ_GATEWAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
+    url = redis_url or os.environ.get("BGQ_REDIS_URL") or "redis://localhost:6379/0"
+    client = AsyncClient(url, max_payload_bytes=max_body)
+    gateway = Gateway(
+        RedisBackend(client, url),
+        host=host,
+        port=port,
+        token=token if token is not None else token_from_env(),
+        max_body_bytes=max_body,
+    )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed: list[signal.Signals] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+            installed.append(sig)
+    try:
+        await gateway.start()
+        if ready is not None:
+            ready(gateway)
+        await stop.wait()
+        log.info("bgq gateway stopping")
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        await gateway.stop()
+        await client.close()

@@ -216,9 +216,7 @@ async def test_bearer_token(backend: MemoryBackend) -> None:
             r = await http.post(JOBS, json={"task": "t"})
             assert r.status_code == 401
             assert r.headers["www-authenticate"].startswith("Bearer")
-            r = await http.post(
-                JOBS, json={"task": "t"}, headers={"authorization": "Bearer wrong"}
-            )
+            r = await http.post(JOBS, json={"task": "t"}, headers={"authorization": "Bearer wrong"})
             assert r.status_code == 401
             assert backend.jobs == {}
             r = await http.post(
