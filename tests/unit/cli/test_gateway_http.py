@@ -39,7 +39,7 @@ class MemoryBackend:
             job_id = request.job_id
         created = (queue, job_id) not in self.jobs
         self.jobs.setdefault((queue, job_id), request)
-        return EnqueueOutcome(job_id, created)
+        return EnqueueOutcome(job_id, created, "enqueued" if created else "exists")
 
     async def enqueue_many(
         self, queue: str, requests: list[EnqueueRequest]
@@ -90,7 +90,12 @@ async def test_enqueue_then_idempotent_repeat(
     body = {"task": "app.send", "args": [1], "kwargs": {"to": "a"}, "job_id": "order-1"}
     r = await client.post(JOBS, json=body)
     assert r.status_code == 201
-    assert r.json() == {"id": "order-1", "queue": "shop/emails", "created": True}
+    assert r.json() == {
+        "id": "order-1",
+        "queue": "shop/emails",
+        "status": "enqueued",
+        "created": True,
+    }
     again = await client.post(JOBS, json=body)
     assert again.status_code == 200
     assert again.json()["created"] is False
@@ -163,7 +168,10 @@ async def test_batch(client: httpx.AsyncClient, backend: MemoryBackend) -> None:
         JOBS + ":batch", json={"jobs": [{"task": "a", "job_id": "x"}, {"task": "b"}]}
     )
     assert r.status_code == 201
-    assert r.json()["jobs"] == [{"id": "x", "created": True}, {"id": "gen-1", "created": True}]
+    assert r.json()["jobs"] == [
+        {"id": "x", "status": "enqueued", "created": True},
+        {"id": "gen-1", "status": "enqueued", "created": True},
+    ]
     assert r.json()["created"] == 2
     r = await client.post(JOBS + ":batch", json={"jobs": [{"task": "a"}, {"task": "t", "args": 1}]})
     assert (r.status_code, r.json()["field"]) == (400, "jobs[1].args")
