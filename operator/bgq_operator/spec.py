@@ -535,6 +535,20 @@ class QueueStatus(_Model):
     )
 
 
+class ScalingMemoryStatus(_Model):
+    """The autoscaler's memory between decisions, kept so a restart does not scale down early."""
+
+    window: list[list[float]] | None = Field(
+        default=None, description="(time, need) pairs of the scale-down delay window."
+    )
+    idle_since: float | None = Field(
+        default=None, description="Start of the current stretch without work (epoch seconds)."
+    )
+    last_scale_at: float | None = Field(
+        default=None, description="When replicas were last changed (epoch seconds)."
+    )
+
+
 class ScalingStatus(_Model):
     """The autoscaler's last decision, explained."""
 
@@ -550,6 +564,9 @@ class ScalingStatus(_Model):
         default=None,
         json_schema_extra={"format": "date-time"},
         description="When replicas were last changed by the operator.",
+    )
+    memory: ScalingMemoryStatus | None = Field(
+        default=None, description="Autoscaler memory (internal; survives operator restarts)."
     )
 
 

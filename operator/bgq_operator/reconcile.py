@@ -1,0 +1,220 @@
+"""The one idempotent reconcile: spec -> worker Deployment, dependency checks, status.
+
+Called from the kopf create/resume/update handlers and from the operator-level periodic loop
+(drift repair), always with the queue's lock held, so it never races the autoscaler. It:
+
+1. validates the spec (an invalid one gives Ready=False/InvalidSpec and an event, no crash loop);
+2. reads the referenced Secrets to find the Redis endpoint (missing -> Ready=False/SecretMissing);
+3. creates the Deployment, or puts back drift: a server-side dry-run of the desired object (with
+   the live ``replicas``, which belong to the autoscaler) shows what the API server would store;
+   only if that differs from the live object is the real update sent;
+4. pings Redis (RedisReachable);
+5. writes status explicitly and posts events for meaningful changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.exceptions
+
+from bgq_operator import conditions as cond
+from bgq_operator import metrics
+from bgq_operator.errors import DependencyError, InvalidSpecError, KubernetesApiError
+from bgq_operator.kube import ConflictError, Kube
+from bgq_operator.manifests import build_deployment
+from bgq_operator.redisconn import RedisClients, resolve_endpoint
+from bgq_operator.spec import BackgroundQueueSpec, deployment_name, parse_spec
+from bgq_operator.state import DeploymentView, Problem, QueueState, Registry, compose_status
+
+log = logging.getLogger("bgq_operator.reconcile")
+
+STATUS_REFRESH_S = 30.0
+"""Write status at least this often when only the autoscaler memory changed."""
+
+
+@dataclass
+class Context:
+    """What reconcile and the autoscaler share: API access, the queues, Redis clients."""
+
+    kube: Kube
+    registry: Registry = field(default_factory=Registry)
+    redis: RedisClients = field(default_factory=RedisClients)
+    on_change: Callable[[], None] = lambda: None
+    """Called when queues or their endpoints change (wakes the autoscaler's bookkeeping)."""
+
+
+def initial_replicas(spec: BackgroundQueueSpec) -> int:
+    """Replicas of a new Deployment: minReplicas when autoscaling, else spec.replicas."""
+    return spec.scaling.min_replicas if spec.scaling.enabled else spec.replicas
+
+
+def _drifted(live: Mapping[str, Any], would_be: Mapping[str, Any]) -> list[str]:
+    """Top-level parts of the Deployment that differ between live and the dry-run result."""
+    diffs = []
+    if live.get("spec") != would_be.get("spec"):
+        diffs.append("spec")
+    for part in ("labels", "ownerReferences"):
+        if (live.get("metadata") or {}).get(part) != (would_be.get("metadata") or {}).get(part):
+            diffs.append(f"metadata.{part}")
+    return diffs
+
+
+async def post_event(ctx: Context, state: QueueState, type_: str, reason: str, msg: str) -> None:
+    """Post an event on the BackgroundQueue; failures are logged, never raised."""
+    log.info("%s/%s %s: %s", state.namespace, state.name, reason, msg)
+    try:
+        await ctx.kube.post_event(state.involved, type_, reason, msg)
+    except KubernetesApiError as exc:
+        log.warning("could not post event %s on %s/%s: %s", reason, *state.key, exc)
+
+
+async def flush_status(ctx: Context, state: QueueState, force: bool = False) -> None:
+    """Recompute conditions, patch status if it changed, post events for condition changes."""
+    before = state.last_status.get("conditions") if state.last_status else None
+    state.refresh_conditions()
+    status = compose_status(state)
+    now = time.monotonic()
+    comparable = _without_memory(status)
+    unchanged = state.last_status is not None and _without_memory(state.last_status) == comparable
+    if unchanged and not force:
+        stale = now - state.last_status_at > STATUS_REFRESH_S
+        if not stale or status == state.last_status:
+            return
+    try:
+        await ctx.kube.patch_queue_status(state.namespace, state.name, status)
+    except KubernetesApiError as exc:
+        log.warning("could not patch status of %s/%s: %s", *state.key, exc)
+        return
+    state.last_status, state.last_status_at = status, now
+    for change in cond.transitions(before, status["conditions"]):
+        if before is None and change["status"] == "True" and change["type"] != cond.READY:
+            continue  # first status: only Ready (and problems) are news
+        if change["type"] == cond.SCALING:
+            continue  # scaling decisions have their own events
+        good = (change["status"] == "True") != (change["type"] == cond.DEGRADED)
+        reason = _EVENT_REASONS.get((change["type"], change["status"]), change["type"])
+        await post_event(
+            ctx, state, "Normal" if good else "Warning", reason,
+            f"{change['type']}={change['status']} ({change['reason']}): {change['message']}",
+        )  # fmt: skip
+
+
+_EVENT_REASONS = {
+    (cond.READY, "True"): "Ready",
+    (cond.READY, "False"): "NotReady",
+    (cond.REDIS_REACHABLE, "True"): "RedisReachable",
+    (cond.REDIS_REACHABLE, "False"): "RedisUnreachable",
+    (cond.DEGRADED, "True"): "Degraded",
+    (cond.DEGRADED, "False"): "Recovered",
+}
+
+
+def _without_memory(status: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(status)
+    if "scaling" in out:
+        out["scaling"] = {k: v for k, v in out["scaling"].items() if k != "memory"}
+    return out
+
+
+async def _apply_deployment(ctx: Context, state: QueueState, spec: BackgroundQueueSpec) -> None:
+    name, namespace = state.name, state.namespace
+    live = await ctx.kube.get_deployment(namespace, deployment_name(name))
+    if live is None:
+        body = build_deployment(name, namespace, state.uid, spec, initial_replicas(spec))
+        created = await ctx.kube.create_deployment(namespace, body)
+        state.deployment = DeploymentView.from_body(created)
+        state.written_generation = state.deployment.generation
+        await post_event(
+            ctx, state, "Normal", "DeploymentCreated",
+            f"created Deployment {deployment_name(name)} with {state.deployment.replicas} "
+            "replicas",
+        )  # fmt: skip
+        return
+    replicas = int((live.get("spec") or {}).get("replicas") or 0)
+    body = build_deployment(name, namespace, state.uid, spec, replicas)
+    body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
+    would_be = await ctx.kube.replace_deployment(namespace, body, dry_run=True)
+    diffs = _drifted(live, would_be)
+    if diffs:
+        updated = await ctx.kube.replace_deployment(namespace, body)
+        state.deployment = DeploymentView.from_body(updated)
+        state.written_generation = state.deployment.generation
+        await post_event(
+            ctx, state, "Normal", "DeploymentUpdated",
+            f"Deployment {deployment_name(name)} brought back to the spec ({', '.join(diffs)} "
+            "differed); replicas left as they were",
+        )  # fmt: skip
+    else:
+        state.deployment = DeploymentView.from_body(live)
+        state.written_generation = state.deployment.generation
+
+
+async def check_redis(ctx: Context, state: QueueState) -> None:
+    """PING the queue's Redis and record RedisReachable."""
+    if state.endpoint is None:
+        return
+    try:
+        await ctx.redis.client(state.endpoint).ping()
+    except (redis.exceptions.RedisError, OSError) as exc:
+        state.redis_error = f"cannot reach Redis at {state.endpoint.label}: {exc}"
+    else:
+        state.redis_error = None
+    state.redis_checked = True
+
+
+async def reconcile(
+    ctx: Context,
+    *,
+    namespace: str,
+    name: str,
+    uid: str,
+    generation: int,
+    spec: Mapping[str, Any],
+    annotations: Mapping[str, str] | None = None,
+) -> QueueState:
+    """Bring one BackgroundQueue's children and status in line with its spec. Idempotent.
+
+    Raises :class:`ConflictError` when the Deployment changed under us (the caller retries);
+    every other problem ends up in conditions and events instead of an exception.
+    """
+    state = ctx.registry.get(namespace, name)
+    async with state.lock:
+        state.uid, state.generation = uid, generation
+        state.annotations = dict(annotations or {})
+        try:
+            parsed = parse_spec(spec)
+        except InvalidSpecError as exc:
+            state.spec, state.problem = None, Problem("InvalidSpec", str(exc))
+            metrics.RECONCILES.labels("invalid-spec").inc()
+            await flush_status(ctx, state)
+            return state
+        state.spec, state.problem = parsed, None
+        try:
+            state.endpoint = await resolve_endpoint(ctx.kube, namespace, parsed.redis)
+        except DependencyError as exc:
+            state.endpoint, state.problem = None, Problem(exc.reason, exc.message)
+        try:
+            await _apply_deployment(ctx, state, parsed)
+        except ConflictError:
+            metrics.RECONCILES.labels("conflict").inc()
+            raise
+        except KubernetesApiError as exc:
+            state.problem = Problem("DeploymentFailed", str(exc))
+        await check_redis(ctx, state)
+        outcome = "ok" if state.problem is None else "problem"
+        metrics.RECONCILES.labels(outcome).inc()
+        await flush_status(ctx, state)
+    ctx.on_change()
+    return state
+
+
+async def forget(ctx: Context, namespace: str, name: str) -> None:
+    """A BackgroundQueue is gone: drop its state (its Deployment goes by garbage collection)."""
+    if ctx.registry.forget(namespace, name) is not None:
+        metrics.forget_queue(namespace, name)
+        ctx.on_change()
