@@ -1,0 +1,495 @@
+"""Replay bursty job traces through bgq's autoscaler and through a model of KEDA + HPA defaults.
+
+Usage: ``python bench/autoscale_sim.py [--seed N] [--trace NAME ...] [--dt 0.1]``
+
+Both systems drive the same simulated cluster: a Deployment whose ReplicaSet creates pods that
+become ready ``--start-delay`` seconds later (2 s), each running one worker with ``--concurrency``
+slots (10) that takes jobs FIFO from the queue the moment a slot is free. Scale-in is decided by
+a model of the ReplicaSet's ranking (kubernetes ``controller.ActivePodsWithRanks`` with
+``LogarithmicScaleDown``): pending pods first, then not ready, then lower
+``pod-deletion-cost``, then pods ready for a shorter time (log2 buckets), then random. A deleted
+pod stops taking jobs and gets the Kubernetes default ``terminationGracePeriodSeconds`` (30 s;
+bgq sets drainSeconds 25 + 5 = 30 too): jobs that end within it complete, the rest are
+interrupted and go back to the head of the queue.
+
+* **bgq**: ``bgq_operator.scaling.decide`` with the default policy (scaleDownDelaySeconds 30,
+  idleSecondsBeforeZero 60, jobsPerPod = concurrency) on a 1 s tick (the operator wakes up on
+  enqueue; 1 s bounds the detection), demand = backlog + in flight, busy pods from worker
+  heartbeats; scale-down through ``bgq_operator.podcost.plan_scale_down``: deletion costs are
+  patched first and replicas lowered on a later tick only when the annotations make the
+  ReplicaSet remove idle pods.
+* **KEDA + HPA** (defaults, Redis *list* scaler, ``listLength`` = concurrency): KEDA polls every
+  30 s and only decides 0 -> 1 (activation, ``LLEN > 0``) and N -> 0 (``cooldownPeriod`` 300 s
+  after the last active poll). The HPA syncs every 15 s while replicas >= 1 with an External
+  AverageValue metric = ``LLEN`` (jobs already popped by workers are invisible):
+  desired = ceil(LLEN / listLength) unless within 10 % tolerance, clamped to [1, max];
+  scale-up limited to max(+4 pods, x2) per 15 s; scale-down to the highest recommendation of
+  the last 300 s; the ReplicaSet picks victims without any idea which pods are busy.
+
+Per trace it prints replica-seconds (pods existing x time, including starting and terminating
+pods), p95 and max job wait (arrival -> first start), interrupted jobs, direction changes of the
+replica count, time from the first job to the first ready pod, and the idle tail (last job
+finished -> zero pods). Deterministic for a seed; runs in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import itertools
+import math
+import random
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from bgq_operator.podcost import PodView, count_busy, plan_scale_down
+from bgq_operator.scaling import Observation, ScalingMemory, ScalingPolicy, decide
+
+# ------------------------------------------------------------------------------------ traces
+
+
+@dataclass
+class Job:
+    id: int
+    arrival: float
+    duration: float
+    first_start: float | None = None
+    start: float | None = None
+    done: float | None = None
+    interrupts: int = 0
+
+
+@dataclass(frozen=True)
+class Trace:
+    name: str
+    description: str
+    jobs: tuple[tuple[float, float], ...]  # (arrival, duration), sorted by arrival
+    horizon: float  # simulate until this time (long enough for both systems to settle)
+
+
+def trace_spike(rng: random.Random) -> Trace:
+    """500 jobs (5-15 s each) land within 2 s into an idle queue at zero replicas."""
+    jobs = [(10 + rng.uniform(0, 2), rng.uniform(5, 15)) for _ in range(500)]
+    return Trace("spike-from-zero", "500 jobs of 5-15 s within 2 s, queue at 0 pods",
+                 tuple(sorted(jobs)), 1200)
+
+
+def trace_sawtooth(rng: random.Random) -> Trace:
+    """Arrival rate ramps 0 -> 20 jobs/s over 60 s, then 60 s of silence; 8 teeth."""
+    jobs: list[tuple[float, float]] = []
+    for tooth in range(8):
+        base = 10 + tooth * 120
+        t = 0.0
+        while t < 60:
+            rate = max(0.05, 20 * t / 60)
+            t += rng.expovariate(rate)
+            if t < 60:
+                jobs.append((base + t, rng.expovariate(1 / 5)))
+    return Trace("sawtooth", "8 x (rate 0 -> 20 jobs/s over 60 s, then 60 s idle), ~5 s jobs",
+                 tuple(sorted(jobs)), 1500)
+
+
+def trace_long_trickle(rng: random.Random) -> Trace:
+    """One 10-20 min job every 2 min for 30 min plus a trickle of 2 s jobs (0.3/s)."""
+    jobs = [(10.0 + 120 * i, rng.uniform(600, 1200)) for i in range(15)]
+    t = 10.0
+    while t < 1810:
+        t += rng.expovariate(0.3)
+        jobs.append((t, 2.0))
+    return Trace("long-jobs+trickle", "15 jobs of 10-20 min (one per 2 min) + 0.3/s 2 s jobs",
+                 tuple(sorted(jobs)), 3600)
+
+
+def trace_bursts(rng: random.Random) -> Trace:
+    """Random bursts of 50-400 jobs (1-30 s) about every 4 min for an hour."""
+    jobs: list[tuple[float, float]] = []
+    t = 10.0
+    while t < 3600:
+        size = rng.randint(50, 400)
+        jobs.extend((t + rng.uniform(0, 5), rng.uniform(1, 30)) for _ in range(size))
+        t += rng.expovariate(1 / 240)
+    return Trace("random-bursts", "bursts of 50-400 jobs (1-30 s) every ~4 min for 1 h",
+                 tuple(sorted(jobs)), 4500)
+
+
+TRACES: dict[str, Callable[[random.Random], Trace]] = {
+    "spike": trace_spike,
+    "sawtooth": trace_sawtooth,
+    "long": trace_long_trickle,
+    "bursts": trace_bursts,
+}
+
+# ----------------------------------------------------------------------------------- cluster
+
+
+@dataclass
+class Pod:
+    name: str
+    created: float
+    ready_at: float
+    uid_rank: float  # stands in for the UID hash tie-break
+    running: dict[int, float] = field(default_factory=dict)  # job id -> start time
+    cost: int | None = None
+    terminating_since: float | None = None
+
+    def ready(self, t: float) -> bool:
+        return t >= self.ready_at and self.terminating_since is None
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    pod: str
+    state: str
+    in_flight: int
+    oldest_started_ms: int
+    heartbeat_ms: int
+
+
+class Cluster:
+    """A Deployment, its ReplicaSet, worker pods and the queue, stepped in fixed ``dt``."""
+
+    def __init__(self, trace: Trace, *, concurrency: int, start_delay: float, grace: float,
+                 seed: int) -> None:
+        self.jobs = [Job(i, a, d) for i, (a, d) in enumerate(trace.jobs)]
+        self.pending_arrivals = deque(self.jobs)
+        self.queue: deque[Job] = deque()
+        self.pods: dict[str, Pod] = {}
+        self.replicas = 0
+        self.concurrency = concurrency
+        self.start_delay = start_delay
+        self.grace = grace
+        self.rng = random.Random(seed)
+        self.completions: list[tuple[float, int, str]] = []
+        self.serial = 0
+        self.replica_seconds = 0.0
+        self.history: list[tuple[float, int]] = [(0.0, 0)]
+        self.interrupted = 0
+        self.first_ready: float | None = None
+        self.zero_at: float | None = None
+        self.last_done = 0.0
+
+    # -- what controllers see
+    def in_flight(self) -> int:
+        return sum(len(p.running) for p in self.pods.values())
+
+    def ready_count(self, t: float) -> int:
+        return sum(1 for p in self.pods.values() if p.ready(t))
+
+    def heartbeats(self, t: float) -> list[Heartbeat]:
+        beats = []
+        for p in self.pods.values():
+            if t < p.ready_at:
+                continue
+            oldest = min(p.running.values(), default=0.0)
+            beats.append(Heartbeat(
+                p.name,
+                "draining" if p.terminating_since is not None
+                else ("busy" if p.running else "idle"),
+                len(p.running), int(oldest * 1000) if p.running else 0, int(t * 1000),
+            ))
+        return beats
+
+    def pod_views(self, t: float) -> list[PodView]:
+        return [PodView(p.name, p.ready(t), p.created, p.terminating_since is not None, p.cost)
+                for p in self.pods.values()]
+
+    # -- the ReplicaSet
+    def set_replicas(self, n: int, t: float) -> None:
+        if n == self.replicas:
+            return
+        self.replicas = n
+        self.history.append((t, n))
+        active = [p for p in self.pods.values() if p.terminating_since is None]
+        for _ in range(n - len(active)):
+            self.serial += 1
+            name = f"w{self.serial}"
+            self.pods[name] = Pod(name, t, t + self.start_delay, self.rng.random())
+        excess = len(active) - n
+        if excess > 0:
+            for p in sorted(active, key=lambda p: self._rank(p, t))[:excess]:
+                p.terminating_since = t
+
+    def _rank(self, p: Pod, t: float) -> tuple[bool, bool, int, int, float]:
+        running = t >= p.ready_at  # pending (starting) pods go first
+        ready_for = max(t - p.ready_at, 0.0)
+        bucket = int(math.log2(ready_for)) if ready_for >= 1 else -1
+        return (running, p.ready(t), p.cost or 0, bucket, p.uid_rank)
+
+    # -- time passes
+    def step(self, t: float, dt: float) -> None:
+        while self.pending_arrivals and self.pending_arrivals[0].arrival <= t:
+            self.queue.append(self.pending_arrivals.popleft())
+        while self.completions and self.completions[0][0] <= t:
+            end, jid, pod_name = heapq.heappop(self.completions)
+            pod = self.pods.get(pod_name)
+            if pod is not None and jid in pod.running:
+                del pod.running[jid]
+                self.jobs[jid].done = end
+                self.last_done = max(self.last_done, end)
+        for name, pod in list(self.pods.items()):
+            if pod.terminating_since is None:
+                continue
+            if pod.running and t - pod.terminating_since >= self.grace:
+                for jid in sorted(pod.running, reverse=True):  # requeue at the head, in order
+                    job = self.jobs[jid]
+                    job.interrupts += 1
+                    self.interrupted += 1
+                    job.start = None
+                    self.queue.appendleft(job)
+                pod.running.clear()
+            if not pod.running:
+                del self.pods[name]
+        if self.queue:
+            free = [p for p in self.pods.values() if p.ready(t)
+                    and len(p.running) < self.concurrency]
+            while self.queue and free:
+                pod = free[self.rng.randrange(len(free))]
+                job = self.queue.popleft()
+                job.start = t
+                if job.first_start is None:
+                    job.first_start = t
+                pod.running[job.id] = t
+                heapq.heappush(self.completions, (t + job.duration, job.id, pod.name))
+                if len(pod.running) >= self.concurrency:
+                    free.remove(pod)
+        if self.first_ready is None and any(p.ready(t) for p in self.pods.values()):
+            self.first_ready = t
+        self.replica_seconds += len(self.pods) * dt
+        if self.pods or self.replicas:
+            self.zero_at = None
+        elif self.zero_at is None:
+            self.zero_at = t
+
+# ------------------------------------------------------------------------------- controllers
+
+
+class BgqController:
+    """bgq's runtime loop in miniature: decide every tick, plan scale-down by deletion cost."""
+
+    def __init__(self, policy: ScalingPolicy, tick: float) -> None:
+        self.policy, self.tick, self.next_tick = policy, tick, 0.0
+        self.memory = ScalingMemory()
+
+    def step(self, c: Cluster, t: float) -> None:
+        if t + 1e-9 < self.next_tick:
+            return
+        self.next_tick = t + self.tick
+        views = [v for v in c.pod_views(t) if not v.deleting]
+        beats = c.heartbeats(t)
+        busy = count_busy(views, beats)
+        obs = Observation(now=t, current_replicas=c.replicas, backlog=len(c.queue),
+                          in_flight=c.in_flight(), ready_replicas=c.ready_count(t),
+                          busy_pods=busy)
+        d = decide(self.policy, obs, self.memory)
+        self.memory = d.memory
+        if d.desired > c.replicas:
+            c.set_replicas(d.desired, t)
+        elif d.desired < c.replicas:
+            plan = plan_scale_down(views, beats, int(t * 1000), c.replicas, d.desired)
+            for name, value in plan.patches.items():
+                c.pods[name].cost = int(value)
+            if plan.safe_now and plan.replicas < c.replicas:
+                c.set_replicas(plan.replicas, t)
+
+
+class KedaHpaController:
+    """KEDA (activation 0<->1, cooldown) + HPA (1<->N, behavior defaults) on the LLEN metric."""
+
+    def __init__(self, *, max_replicas: int, list_length: int, rng: random.Random,
+                 polling: float = 30, cooldown: float = 300, hpa_sync: float = 15,
+                 tolerance: float = 0.1, down_window: float = 300, up_pods: int = 4,
+                 up_percent: float = 100, up_period: float = 15) -> None:
+        self.max, self.target = max_replicas, list_length
+        self.polling, self.cooldown, self.hpa_sync = polling, cooldown, hpa_sync
+        self.tolerance, self.down_window = tolerance, down_window
+        self.up_pods, self.up_percent, self.up_period = up_pods, up_percent, up_period
+        # Loops started at some arbitrary moment before the trace: random phases.
+        self.next_poll = rng.uniform(0, polling)
+        self.next_sync = rng.uniform(0, hpa_sync)
+        self.last_active: float | None = None
+        self.recommendations: list[tuple[float, int]] = []
+        self.scale_events: list[tuple[float, int]] = []  # (time, +replicas added by the HPA)
+
+    def step(self, c: Cluster, t: float) -> None:
+        if t + 1e-9 >= self.next_poll:
+            self.next_poll += self.polling
+            llen = len(c.queue)
+            if llen > 0:  # activationListLength 0: active iff LLEN > 0
+                self.last_active = t
+                if c.replicas == 0:
+                    c.set_replicas(1, t)  # scaleFromZeroOrIdle: max(1, minReplicaCount)
+            elif (c.replicas > 0 and self.last_active is not None
+                  and t >= self.last_active + self.cooldown):
+                c.set_replicas(0, t)
+        if t + 1e-9 >= self.next_sync:
+            self.next_sync += self.hpa_sync
+            if c.replicas > 0:  # ScalingDisabled at 0 replicas
+                self._hpa(c, t)
+
+    def _hpa(self, c: Cluster, t: float) -> None:
+        current = c.replicas
+        # External metric, AverageValue target (GetExternalPerPodMetricReplicas)
+        usage = len(c.queue)
+        ratio = usage / (self.target * current)
+        desired = current if abs(ratio - 1) <= self.tolerance else math.ceil(usage / self.target)
+        # stabilizeRecommendationWithBehaviors: up window 0, down window 300 s.
+        self.recommendations = [(ts, r) for ts, r in self.recommendations
+                                if ts > t - self.down_window]
+        down = max([desired] + [r for _, r in self.recommendations])
+        up = desired
+        rec = max(current, up)
+        rec = min(rec, down)
+        self.recommendations.append((t, desired))
+        # convertDesiredReplicasWithBehaviorRate: scale-up policies, selectPolicy Max.
+        self.scale_events = [(ts, n) for ts, n in self.scale_events if ts > t - self.up_period]
+        period_start = current - sum(n for _, n in self.scale_events)
+        up_limit = max(period_start + self.up_pods,
+                       math.ceil(period_start * (1 + self.up_percent / 100)))
+        new = min(rec, up_limit, self.max)
+        new = max(new, 1)  # HPA minReplicas = max(1, minReplicaCount)
+        # scale-down policy Percent 100 / 15 s never limits.
+        if new != current:
+            if new > current:
+                self.scale_events.append((t, new - current))
+            c.set_replicas(new, t)
+
+# ---------------------------------------------------------------------------------- running
+
+
+@dataclass
+class Result:
+    system: str
+    replica_seconds: float
+    p95_wait: float
+    max_wait: float
+    interrupted: int
+    direction_changes: int
+    first_pod: float | None
+    idle_tail: float | None
+    peak: int
+    unfinished: int
+
+
+def run(trace: Trace, system: str, controller: BgqController | KedaHpaController, *,
+        concurrency: int, start_delay: float, grace: float, dt: float, seed: int) -> Result:
+    c = Cluster(trace, concurrency=concurrency, start_delay=start_delay, grace=grace, seed=seed)
+    steps = int(trace.horizon / dt)
+    for i in range(steps + 1):
+        t = round(i * dt, 6)
+        controller.step(c, t)
+        c.step(t, dt)
+    waits = sorted((j.first_start - j.arrival) for j in c.jobs if j.first_start is not None)
+    unfinished = sum(1 for j in c.jobs if j.done is None)
+    p95 = waits[min(len(waits) - 1, math.ceil(0.95 * len(waits)) - 1)] if waits else math.nan
+    deltas = [b - a for (_, a), (_, b) in itertools.pairwise(c.history)]
+    signs = [d > 0 for d in deltas if d]
+    changes = sum(1 for a, b in itertools.pairwise(signs) if a != b)
+    first_arrival = trace.jobs[0][0]
+    first_pod = None if c.first_ready is None else c.first_ready - first_arrival
+    idle_tail = None if c.zero_at is None or unfinished else max(0.0, c.zero_at - c.last_done)
+    return Result(system, c.replica_seconds, p95, waits[-1] if waits else math.nan,
+                  c.interrupted, changes, first_pod, idle_tail,
+                  max(n for _, n in c.history), unfinished)
+
+
+def simulate(trace: Trace, args: argparse.Namespace) -> list[Result]:
+    policy = ScalingPolicy(min_replicas=0, max_replicas=args.max_replicas,
+                           jobs_per_pod=args.concurrency, scale_down_delay_s=30,
+                           idle_before_zero_s=60)
+    common = {"concurrency": args.concurrency, "start_delay": args.start_delay,
+              "grace": args.grace, "dt": args.dt, "seed": args.seed}
+    out = [
+        run(trace, "bgq", BgqController(policy, tick=1.0), **common),
+        run(trace, "KEDA+HPA", KedaHpaController(
+            max_replicas=args.max_replicas, list_length=args.concurrency,
+            rng=random.Random(f"{args.seed}:{trace.name}:keda")), **common),
+    ]
+    if args.tuned:
+        # What a KEDA user can tune without touching kube-controller-manager: fast polling,
+        # short cooldown, an unlimited scale-up policy, a short scale-down window. The HPA's
+        # 15 s sync and the LLEN metric stay.
+        out.append(run(trace, "KEDA+HPA tuned", KedaHpaController(
+            max_replicas=args.max_replicas, list_length=args.concurrency,
+            rng=random.Random(f"{args.seed}:{trace.name}:keda"), polling=5, cooldown=60,
+            down_window=30, up_pods=1000), **common))
+    return out
+
+
+def fmt(value: float | None, unit: str = "s") -> str:
+    if value is None:
+        return "never"
+    if isinstance(value, float) and math.isnan(value):
+        return "-"
+    return f"{value:.1f}{unit}" if unit else f"{value:.0f}"
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None:
+        return "-"
+    if b == 0:
+        return "-" if a == 0 else "inf"
+    return f"{a / b:.1f}x"
+
+
+def table(rows: Iterable[tuple[Trace, list[Result]]]) -> str:
+    head = ("| trace | system | replica-s | p95 wait | max wait | interrupted | "
+            "direction changes | first pod ready | idle tail | peak pods |")
+    lines = [head, "|" + "---|" * 10]
+    summary = ["", "KEDA+HPA (defaults) relative to bgq:", "",
+               "| trace | replica-s KEDA/bgq | p95 wait KEDA/bgq | max wait KEDA/bgq | "
+               "interrupted KEDA vs bgq | first pod KEDA/bgq |", "|" + "---|" * 6]
+    for trace, results in rows:
+        for r in results:
+            lines.append(
+                f"| {trace.name} | {r.system} | {r.replica_seconds:.0f} | {fmt(r.p95_wait)} | "
+                f"{fmt(r.max_wait)} | {r.interrupted} | {r.direction_changes} | "
+                f"{fmt(r.first_pod)} | {fmt(r.idle_tail)} | {r.peak} |"
+                + (f" ({r.unfinished} unfinished)" if r.unfinished else "")
+            )
+        b, k = results[:2]
+        summary.append(
+            f"| {trace.name} | {ratio(k.replica_seconds, b.replica_seconds)} | "
+            f"{ratio(k.p95_wait, b.p95_wait)} | {ratio(k.max_wait, b.max_wait)} | "
+            f"{k.interrupted} vs {b.interrupted} | {ratio(k.first_pod, b.first_pod)} |"
+        )
+    return "\n".join(lines + summary)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--trace", action="append", choices=sorted(TRACES),
+                        help="trace(s) to run (default: all)")
+    parser.add_argument("--dt", type=float, default=0.1, help="simulation step, seconds")
+    parser.add_argument("--concurrency", type=int, default=10, help="job slots per pod")
+    parser.add_argument("--max-replicas", type=int, default=60)
+    parser.add_argument("--start-delay", type=float, default=2.0,
+                        help="pod created -> ready, seconds")
+    parser.add_argument("--grace", type=float, default=30.0,
+                        help="terminationGracePeriodSeconds")
+    parser.add_argument("--tuned", action="store_true",
+                        help="also run KEDA+HPA tuned (polling 5 s, cooldown 60 s, scale-up "
+                        "unlimited, 30 s down window)")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    rows = []
+    for key in args.trace or list(TRACES):
+        trace = TRACES[key](random.Random(f"{args.seed}:{key}"))
+        rows.append((trace, simulate(trace, args)))
+    print(f"autoscale_sim seed={args.seed} concurrency={args.concurrency} "
+          f"max={args.max_replicas} start-delay={args.start_delay}s grace={args.grace}s "
+          f"dt={args.dt}s")
+    for trace, _ in rows:
+        print(f"- {trace.name}: {trace.description} ({len(trace.jobs)} jobs, "
+              f"{trace.horizon:.0f}s simulated)")
+    print()
+    print(table(rows))
+    print(f"\n({time.perf_counter() - started:.1f}s)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
