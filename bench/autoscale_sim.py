@@ -436,8 +436,8 @@ def ratio(a: float | None, b: float | None) -> str:
 
 def table(rows: Iterable[tuple[Trace, list[Result]]]) -> str:
     head = ("| trace | system | replica-s | p95 wait | max wait | interrupted | "
-            "direction changes | first pod ready | idle tail | peak pods |")
-    lines = [head, "|" + "---|" * 10]
+            "direction changes | first pod ready | idle tail | peak pods | unfinished |")
+    lines = [head, "|" + "---|" * 11]
     summary = ["", "KEDA+HPA (defaults) relative to bgq:", "",
                "| trace | replica-s KEDA/bgq | p95 wait KEDA/bgq | max wait KEDA/bgq | "
                "interrupted KEDA vs bgq | first pod KEDA/bgq |", "|" + "---|" * 6]
@@ -446,8 +446,7 @@ def table(rows: Iterable[tuple[Trace, list[Result]]]) -> str:
             lines.append(
                 f"| {trace.name} | {r.system} | {r.replica_seconds:.0f} | {fmt(r.p95_wait)} | "
                 f"{fmt(r.max_wait)} | {r.interrupted} | {r.direction_changes} | "
-                f"{fmt(r.first_pod)} | {fmt(r.idle_tail)} | {r.peak} |"
-                + (f" ({r.unfinished} unfinished)" if r.unfinished else "")
+                f"{fmt(r.first_pod)} | {fmt(r.idle_tail)} | {r.peak} | {r.unfinished} |"
             )
         b, k = results[:2]
         summary.append(
