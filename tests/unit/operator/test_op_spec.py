@@ -135,5 +135,6 @@ def test_crd_has_subresources_columns_and_cel_rules() -> None:
     assert "has(self.url) != has(self.urlSecretRef)" in rules
     for name in MANAGED_ENV:
         assert f"'{name}'" in rules
-    assert spec["properties"]["scaling"]["default"] == {}
+    assert spec["properties"]["scaling"]["default"]["maxReplicas"] == 10
+    assert "default" not in spec["properties"]["redis"]
     assert spec["required"] == ["redis", "worker"]
