@@ -174,6 +174,24 @@ def _error(status: int, code: str, message: str, field: str | None = None) -> Re
     return Response.json(body, status=status)
 
 
+_SERVER_ERRORS = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    411: "length_required",
+    413: "payload_too_large",
+    431: "headers_too_large",
+    500: "internal_error",
+    505: "http_version_not_supported",
+}
+
+
+def _server_error(status: int, message: str) -> Response:
+    """The HTTP server's own errors as JSON, like every other gateway error."""
+    field = "body" if status in (411, 413) else None
+    return _error(status, _SERVER_ERRORS.get(status, "error"), message, field)
+
+
 def _field_path(loc: tuple[int | str, ...]) -> str:
     """pydantic ``("jobs", 3, "args")`` → ``jobs[3].args``."""
     out = ""
@@ -255,7 +273,9 @@ class Gateway:
         self.backend = backend
         self.token = token or None
         self.metrics = _Metrics()
-        self.server = HttpServer(host, port, max_body_bytes=max_body_bytes)
+        self.server = HttpServer(
+            host, port, max_body_bytes=max_body_bytes, error_response=_server_error
+        )
         routes: list[tuple[str, str, Route]] = [
             ("POST", _QUEUE + "/jobs", self._enqueue),
             ("POST", _QUEUE + "/jobs:batch", self._enqueue_batch),
@@ -340,11 +360,8 @@ class Gateway:
 
     @staticmethod
     def _json_body(request: Request) -> tuple[Any, Response | None]:
-        content_type = request.headers.get("content-type", "application/json")
-        if "json" not in content_type.split(";")[0]:
-            return None, _error(
-                415, "unsupported_media_type", "send Content-Type: application/json", "body"
-            )
+        # The body is JSON whatever Content-Type says: `curl -d` sends a form content type,
+        # and refusing it would only make the first try fail.
         if not request.body.strip():
             return None, _error(400, "invalid_request", "body: a JSON object is required", "body")
         try:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote
 
-__all__ = ["Handler", "HttpServer", "Request", "Response"]
+__all__ = ["ErrorResponse", "Handler", "HttpServer", "Request", "Response"]
 
 log = logging.getLogger("bgq.http")
 
@@ -71,6 +71,8 @@ class Response:
 
 
 Handler = Callable[[Request], Awaitable[Response]]
+ErrorResponse = Callable[[int, str], Response]
+"""Builds the body of the server's own errors (400, 404, 405, 413, 431, 500, ...)."""
 
 
 class _HttpError(Exception):
@@ -122,6 +124,9 @@ class HttpServer:
         await server.start()
         ...
         await server.stop()
+
+    ``error_response(status, message)`` shapes the server's own error answers (plain text by
+    default; the gateway answers JSON).
     """
 
     def __init__(
@@ -134,6 +139,7 @@ class HttpServer:
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
         stop_grace: float = 5.0,
+        error_response: ErrorResponse | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -142,6 +148,7 @@ class HttpServer:
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
         self.stop_grace = stop_grace
+        self._error = error_response or _plain
         self._routes: list[_Route] = []
         self._server: asyncio.Server | None = None
         self._port: int | None = None
@@ -259,7 +266,7 @@ class HttpServer:
             try:
                 head = await asyncio.wait_for(self._read_head(reader), self.idle_timeout)
             except _HttpError as err:
-                await self._write(writer, _plain(err.status, err.message), keep_alive=False)
+                await self._write(writer, self._error(err.status, err.message), keep_alive=False)
                 return
             if head is None:
                 return  # the client closed between requests
@@ -292,7 +299,7 @@ class HttpServer:
         try:
             method, target, version, headers = self._parse_head(head)
         except _HttpError as err:
-            await self._write(writer, _plain(err.status, err.message), keep_alive=False)
+            await self._write(writer, self._error(err.status, err.message), keep_alive=False)
             return False
 
         connection = headers.get("connection", "").lower()
@@ -304,7 +311,7 @@ class HttpServer:
         try:
             body = await self._read_body(headers, reader, writer)
         except _HttpError as err:
-            await self._write(writer, _plain(err.status, err.message), keep_alive=False)
+            await self._write(writer, self._error(err.status, err.message), keep_alive=False)
             await self._linger(reader, writer)
             return False
 
@@ -423,7 +430,7 @@ class HttpServer:
                 raise
             except Exception:
                 log.exception("http handler failed: %s %s", request.method, request.path)
-                return _plain(500, "internal server error")
+                return self._error(500, "internal server error")
             if not isinstance(response, Response):
                 log.error(
                     "http handler for %s %s returned %r, not a Response",
@@ -431,15 +438,15 @@ class HttpServer:
                     candidate.pattern,
                     type(response).__name__,
                 )
-                return _plain(500, "internal server error")
+                return self._error(500, "internal server error")
             return response
         if allowed:
             if "GET" in allowed:
                 allowed.append("HEAD")
-            response = _plain(405, "method not allowed")
+            response = self._error(405, "method not allowed")
             response.headers["Allow"] = ", ".join(dict.fromkeys(allowed))
             return response
-        return _plain(404, "not found")
+        return self._error(404, "not found")
 
     async def _write(
         self,

@@ -140,18 +140,27 @@ async def test_validation_errors_name_the_field(
     assert backend.jobs == {}
 
 
-async def test_bad_json_and_media_type(client: httpx.AsyncClient) -> None:
+async def test_bad_json_and_any_content_type(
+    client: httpx.AsyncClient, backend: MemoryBackend
+) -> None:
     r = await client.post(JOBS, content=b'{"task": ', headers={"content-type": "application/json"})
     assert (r.status_code, r.json()["error"], r.json()["field"]) == (400, "invalid_json", "body")
     r = await client.post(JOBS, content=b"", headers={"content-type": "application/json"})
     assert (r.status_code, r.json()["field"]) == (400, "body")
     r = await client.post(JOBS, content=b"task=x", headers={"content-type": "text/plain"})
-    assert r.status_code == 415
+    assert (r.status_code, r.json()["error"]) == (400, "invalid_json")
+    # curl -d sends a form content type: the body is still read as JSON
+    form = {"content-type": "application/x-www-form-urlencoded"}
+    r = await client.post(JOBS, content=b'{"task": "t", "job_id": "f"}', headers=form)
+    assert r.status_code == 201
+    assert ("shop/emails", "f") in backend.jobs
 
 
 async def test_payload_too_large(client: httpx.AsyncClient, backend: MemoryBackend) -> None:
     r = await client.post(JOBS, json={"task": "t", "args": ["x" * 20_000]})
     assert r.status_code == 413
+    assert r.json()["error"] == "payload_too_large"
+    assert r.json()["field"] == "body"
     assert backend.jobs == {}
 
 
@@ -178,6 +187,17 @@ async def test_batch(client: httpx.AsyncClient, backend: MemoryBackend) -> None:
     assert len(backend.jobs) == 2  # nothing of the invalid batch was accepted
     r = await client.post(JOBS + ":batch", json={"jobs": []})
     assert (r.status_code, r.json()["field"]) == (400, "jobs")
+
+
+async def test_server_errors_are_json(client: httpx.AsyncClient) -> None:
+    r = await client.get("/v2/nothing")
+    assert (r.status_code, r.json()["error"]) == (404, "not_found")
+    r = await client.put(JOBS)
+    assert (r.status_code, r.json()["error"], r.headers["allow"]) == (
+        405,
+        "method_not_allowed",
+        "POST",
+    )
 
 
 async def test_get_cancel_stats_and_unknown_job(client: httpx.AsyncClient) -> None:
