@@ -18,6 +18,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[3]
 CHART = ROOT / "charts" / "bgq"
+# The Kubernetes version templates are rendered for (the test cluster's minor). A helm built
+# without its Makefile's ldflags assumes v1.20 otherwise, below the chart's kubeVersion.
+KUBE_VERSION = "v1.36.0"
 HELM_BUILD_HINT = (
     "build it with `hack/cluster/install --no-apt` (compiles helm from the Go module proxy "
     "into ~/.cache/bgq/helm-<version>/bin/helm; needs Go 1.26) or point $BGQ_HELM at a helm 3 "
@@ -79,3 +82,26 @@ def values_args(values: dict[str, Any] | None, tmp_path: Path) -> list[str]:
     path = tmp_path / f"values-{abs(hash(repr(values)))}.yaml"
     path.write_text(yaml.safe_dump(values))
     return ["--values", str(path)]
+
+
+class StrictLoader(yaml.SafeLoader):
+    """A YAML loader that rejects duplicate mapping keys (the API server's decoder does too,
+    and PyYAML would silently keep the last one)."""
+
+
+def _no_duplicates(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    keys = [loader.construct_object(key, deep=deep) for key, _ in node.value]
+    duplicated = sorted({str(k) for k in keys if keys.count(k) > 1})
+    if duplicated:
+        raise yaml.constructor.ConstructorError(
+            None, None, f"duplicate keys {duplicated}", node.start_mark
+        )
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def load_manifests(text: str) -> list[dict[str, Any]]:
+    """The objects of a multi-document YAML stream, strictly parsed, empty documents dropped."""
+    return [doc for doc in yaml.load_all(text, Loader=StrictLoader) if doc]

@@ -11,8 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
-from chart_helpers import CHART, HELM_BUILD_HINT, Render, find_helm, run_helm, values_args
+from chart_helpers import (
+    CHART,
+    HELM_BUILD_HINT,
+    KUBE_VERSION,
+    Render,
+    find_helm,
+    load_manifests,
+    run_helm,
+    values_args,
+)
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +35,7 @@ def helm() -> Path:
 
 @pytest.fixture
 def render(helm: Path, tmp_path: Path) -> Render:
-    """``render(values, namespace=..., show_only=...)``: the chart's objects as dicts.
+    """``render(values, namespace=..., release=..., chart=...)``: the chart's objects as dicts.
 
     Fails the test with helm's own message when rendering fails.
     """
@@ -37,18 +45,21 @@ def render(helm: Path, tmp_path: Path) -> Render:
         *,
         namespace: str = "bgq-system",
         release: str = "bgq",
+        chart: Path = CHART,
     ) -> list[dict[str, Any]]:
         result = run_helm(
             helm,
             "template",
             release,
-            str(CHART),
+            str(chart),
             "--namespace",
             namespace,
+            "--kube-version",
+            KUBE_VERSION,
             *values_args(values, tmp_path),
         )
         if result.returncode != 0:
             pytest.fail(f"helm template failed:\n{result.stderr}")
-        return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+        return load_manifests(result.stdout)
 
     return _render

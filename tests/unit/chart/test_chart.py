@@ -3,12 +3,13 @@ schema, the templated CRD and the helm test hook, each against real `helm templa
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from chart_helpers import CHART, ROOT, Render, run_helm, values_args
+from chart_helpers import CHART, KUBE_VERSION, ROOT, Render, run_helm, values_args
 
 from bgq_operator.spec import parse_spec
 
@@ -245,22 +246,32 @@ def test_redis_is_off_by_default_and_labelled_not_for_production(render: Render)
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["--set", "operator.logLevl=DEBUG"], "logLevl"),
-        (["--set", "rbac.scope=namespace"], "rbac.scope"),
-        (["--set", "crds.instal=false"], "instal"),
-        (["--set", "operator.httpPort=0"], "httpPort"),
-        (["--set", "redisUrl=redis://x"], "redisUrl"),
+        (["--set", "operator.logLevl=DEBUG"], "at '/operator': additional properties 'logLevl'"),
+        (["--set", "rbac.scope=namespace"], "at '/rbac/scope': value must be one of"),
+        (["--set", "crds.instal=false"], "additional properties 'instal' not allowed"),
+        (["--set", "operator.httpPort=0"], "at '/operator/httpPort': minimum"),
+        (["--set", "redisUrl=redis://x"], "additional properties 'redisUrl' not allowed"),
+        (["--set", "tests.redisUrl=localhost:6379"], "at '/tests/redisUrl'"),
     ],
 )
 def test_schema_rejects_bad_values_naming_them(helm: Path, args: list[str], expected: str) -> None:
-    result = run_helm(helm, "template", "bgq", str(CHART), *args)
+    result = run_helm(helm, "template", "bgq", str(CHART), "--kube-version", KUBE_VERSION, *args)
     assert result.returncode != 0, f"{args} was accepted"
     assert "values don't meet the specifications of the schema" in result.stderr
     assert expected in result.stderr, result.stderr
 
 
 def test_schema_requires_a_service_account_name_when_not_created(helm: Path) -> None:
-    result = run_helm(helm, "template", "bgq", str(CHART), "--set", "serviceAccount.create=false")
+    result = run_helm(
+        helm,
+        "template",
+        "bgq",
+        str(CHART),
+        "--kube-version",
+        KUBE_VERSION,
+        "--set",
+        "serviceAccount.create=false",
+    )
     assert result.returncode != 0
     assert "serviceAccount.name is required" in result.stderr
 
@@ -337,11 +348,30 @@ def test_helm_test_runs_in_a_watched_namespace(render: Render) -> None:
     assert one(docs, "Pod")["metadata"]["namespace"] == "shop"
 
 
-def test_notes_tell_the_next_command(helm: Path) -> None:
-    result = run_helm(
-        helm, "install", "bgq", str(CHART), "--dry-run=client", "--namespace", "bgq-system"
+def render_notes(render: Render, values: dict[str, Any], tmp_path: Path) -> str:
+    """NOTES.txt as rendered for ``values``.
+
+    `helm template` skips NOTES and `helm install --dry-run` needs a cluster (helm 3.22), so a
+    copy of the chart gets a ConfigMap template that includes NOTES.txt by its template name.
+    """
+    chart = tmp_path / "bgq"
+    shutil.copytree(CHART, chart)
+    (chart / "templates" / "zz-notes.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: notes}\ndata:\n  notes: |\n"
+        '{{ include "bgq/templates/NOTES.txt" . | indent 4 }}\n'
     )
-    assert result.returncode == 0, result.stderr
-    notes = result.stdout.split("NOTES:", 1)[1]
+    docs = render(values, chart=chart)
+    return str(one(docs, "ConfigMap", "notes")["data"]["notes"])
+
+
+def test_notes_tell_the_next_command(render: Render, tmp_path: Path) -> None:
+    notes = render_notes(render, {}, tmp_path)
     assert "kubectl -n bgq-system rollout status deployment/bgq" in notes
     assert "helm test bgq -n bgq-system" in notes
+    assert "every namespace" in notes
+    assert "set tests.redisUrl=" in notes  # no Redis configured: says what to set
+    notes = render_notes(render, {**NAMESPACED, "redis": {"enabled": True}}, tmp_path / "2")
+    assert "shop,etl" in notes
+    assert "redis://bgq-redis.bgq-system.svc:6379/0" in notes
+    assert "NOT FOR PRODUCTION" in notes
+    assert "set tests.redisUrl=" not in notes
