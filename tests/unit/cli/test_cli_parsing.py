@@ -175,3 +175,101 @@ def test_format_fields() -> None:
         "in flight  3",
         'args       [1,"x"]',
     ]
+
+
+def test_render_stats_with_workers() -> None:
+    document = {
+        "queue": "shop/emails",
+        "backlog": 12,
+        "in_flight": 3,
+        "delayed": 4,
+        "due": 1,
+        "dead": 0,
+        "oldest_ready_age_seconds": 3.25,
+        "workers": [
+            {
+                "consumer": "pod-a:7",
+                "state": "busy",
+                "in_flight": 3,
+                "concurrency": 10,
+                "oldest_running_seconds": 2.5,
+                "heartbeat_age_seconds": 0.4,
+                "version": "0.1.0",
+            },
+            {
+                "consumer": "pod-b:9",
+                "state": "idle",
+                "in_flight": 0,
+                "concurrency": 10,
+                "oldest_running_seconds": None,
+                "heartbeat_age_seconds": 1.5,
+                "version": "0.1.0",
+            },
+        ],
+    }
+    assert cli.render_stats(document).splitlines() == [
+        "queue         shop/emails",
+        "backlog       12",
+        "in flight     3",
+        "delayed       4 (1 due)",
+        "dead          0",
+        "oldest ready  3.2s",
+        "workers       2 (1 busy, 1 idle)",
+        "",
+        "WORKER   STATE  IN FLIGHT  CONCURRENCY  OLDEST JOB  HEARTBEAT  VERSION",
+        "pod-a:7  busy           3           10  2.5s        400ms ago  0.1.0",
+        "pod-b:9  idle           0           10  -           1.5s ago   0.1.0",
+    ]
+
+
+def test_render_job_dead_with_traceback() -> None:
+    document = {
+        "id": "j1",
+        "queue": "a/b",
+        "task": "t",
+        "state": "dead",
+        "attempt": 4,
+        "max_retries": 3,
+        "enqueued_at": "2026-01-01T00:00:00.000+00:00",
+        "started_at": "2026-01-01T00:00:01.000+00:00",
+        "finished_at": None,
+        "result": None,
+        "error": "ValueError: x",
+        "reason": "retries-exhausted",
+        "traceback": "Traceback (most recent call last):\nValueError: x\n",
+        "lease_expiries": 0,
+        "cancel_requested": False,
+        "args": [1],
+        "kwargs": {},
+    }
+    now = 1767225610.0  # 2026-01-01T00:00:10Z
+    text = cli.render_job(document, now=now)
+    assert "state     dead\n" in text
+    assert "attempt   4 of 4\n" in text
+    assert "enqueued  2026-01-01T00:00:00.000+00:00  (10.0s ago)" in text
+    assert "finished  -\n" in text
+    assert "reason    retries-exhausted\nerror     ValueError: x" in text
+    assert text.endswith("traceback:\nTraceback (most recent call last):\nValueError: x")
+    assert "result" not in text
+
+
+def test_render_dead_table() -> None:
+    from bgq.client import DeadLetter
+
+    letter = DeadLetter(
+        entry_id="1-0",
+        job_id="d1",
+        reason="poison-pill",
+        error="lease expired 5 times\n(worker died)",
+        traceback="",
+        dead_ms=1_000,
+        envelope="{}",
+        task="app.work",
+    )
+    anonymous = DeadLetter("2-0", "", "malformed-entry", "no id field", "", 0, "", "")
+    assert cli.render_dead([letter, anonymous], now_ms=61_000).splitlines() == [
+        "JOB ID       TASK      REASON           DIED       ERROR",
+        "d1           app.work  poison-pill      1m00s ago  lease expired 5 times (worker died)",
+        "(entry 2-0)  -         malformed-entry  -          no id field",
+    ]
+    assert cli.render_dead([], now_ms=0) == "no dead letters"
