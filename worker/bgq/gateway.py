@@ -45,7 +45,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bgq.client import AsyncClient, JobInfo, JobSpec
-from bgq.connection import unavailable
+from bgq.connection import redact, unavailable
 from bgq.errors import ConfigError, InvalidQueueName, JobNotFound, PayloadError, RedisUnavailable
 from bgq.httpserver import HttpServer, Request, Response
 from bgq.protocol import PRIORITIES, QueueName, check_job_id
@@ -552,10 +552,13 @@ async def _redis_errors(url: str) -> AsyncIterator[None]:
     """Any Redis failure (connection, timeout, a replica refusing writes...) is a 503."""
     try:
         yield
+    except RedisUnavailable:
+        raise
+    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
+        raise unavailable(url, exc) from exc
     except redis.exceptions.RedisError as exc:
-        raise unavailable(url, exc) from exc
-    except OSError as exc:
-        raise unavailable(url, exc) from exc
+        # READONLY after a failover, OOM, BUSY, LOADING...: retryable, and nothing was accepted
+        raise RedisUnavailable(f"Redis at {redact(url)} refused the request: {exc}") from exc
 
 
 def _spec(request: EnqueueRequest) -> JobSpec:
