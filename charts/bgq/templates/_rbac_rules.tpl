@@ -1,35 +1,39 @@
 {{/*
-The operator's API calls, as RBAC rules. Keep in step with docs/operator.md ("API calls"):
-tests/unit/chart checks that no rule uses a wildcard.
+The operator's API calls as RBAC rules: exactly the table "API calls and RBAC" of
+docs/operator.md (tests/unit/chart checks both that they match and that no rule has a wildcard).
 */}}
 
 {{/* Rules on objects inside the watched namespaces. */}}
 {{- define "bgq.namespacedRules" -}}
-# BackgroundQueues: watched by kopf; patched for finalizers/annotations and status.
+# kopf watches the queues and stores its last-handled configuration in an annotation (patch).
 - apiGroups: ["bgq.dev"]
   resources: ["backgroundqueues"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 - apiGroups: ["bgq.dev"]
   resources: ["backgroundqueues/status"]
-  verbs: ["get", "patch"]
-# Worker Deployments: created, drift put back, replicas written by the autoscaler.
+  verbs: ["patch"]
+# blockOwnerDeletion on the worker Deployment's owner reference (OwnerReferencesPermissionEnforcement).
+- apiGroups: ["bgq.dev"]
+  resources: ["backgroundqueues/finalizers"]
+  verbs: ["update"]
+# Worker Deployments: read, created, drift put back (update, also as dry-run), replicas patched.
 - apiGroups: ["apps"]
   resources: ["deployments"]
-  verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Worker pods: read for readiness and annotated with pod-deletion-cost before scale-down.
+  verbs: ["get", "list", "watch", "create", "update", "patch"]
+# Worker pods: listed and annotated with pod-deletion-cost before a scale-down.
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "patch"]
-# Secrets named by a spec: checked for existence only (values reach workers by secretKeyRef).
+  verbs: ["list", "patch"]
+# Secrets a queue names (Redis URL/password/CA): the operator reaches Redis itself.
 - apiGroups: [""]
   resources: ["secrets"]
   verbs: ["get"]
 # Events on BackgroundQueues.
-- apiGroups: ["", "events.k8s.io"]
+- apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
 {{- end }}
 
-{{/* Rules on cluster-scoped objects (empty when the operator needs none). */}}
+{{/* Rules on cluster-scoped objects: none (kopf's CRD/namespace scanning and peering are off). */}}
 {{- define "bgq.clusterRules" -}}
 {{- end }}

@@ -84,6 +84,46 @@ def test_no_wildcard_in_any_rule(render: Render, name: str) -> None:
                 assert not any("*" in item for item in rule.get(field, [])), rule
 
 
+def grants(roles: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) triples the roles allow."""
+    return {
+        (group, resource, verb)
+        for role in roles
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+def documented_api_calls() -> set[tuple[str, str, str]]:
+    """The table "API calls and RBAC" of docs/operator.md as (apiGroup, resource, verb)."""
+    text = (ROOT / "docs" / "operator.md").read_text()
+    section = text.split("## API calls and RBAC", 1)[1].split("\n## ", 1)[0]
+    calls = set()
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) < 3 or not cells[1].startswith("`"):
+            continue
+        group = cells[0].strip("`").strip('"')
+        resource = cells[1].strip("`")
+        for verb in cells[2].split(","):
+            calls.add((group, resource, verb.strip().strip("`")))
+    assert calls, "no API call table found in docs/operator.md"
+    return calls
+
+
+@pytest.mark.parametrize("scope", ["cluster", "namespaced"])
+def test_rbac_is_exactly_the_documented_api_calls(render: Render, scope: str) -> None:
+    docs = render({"rbac": {"scope": scope}})
+    granted = grants(by_kind(docs, "Role") + by_kind(docs, "ClusterRole"))
+    documented = documented_api_calls()
+    assert granted == documented, (
+        f"granted but not documented: {sorted(granted - documented)}; "
+        f"documented but not granted: {sorted(documented - granted)}"
+    )
+
+
 def test_cluster_scope_is_one_clusterrole_bound_to_the_serviceaccount(render: Render) -> None:
     docs = render(CLUSTER)
     assert not by_kind(docs, "Role") and not by_kind(docs, "RoleBinding")
@@ -128,16 +168,6 @@ def test_namespaced_scope_defaults_to_the_release_namespace(render: Render) -> N
 
 
 def test_namespaced_and_cluster_scope_grant_the_same_rights(render: Render) -> None:
-    def grants(roles: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
-        return {
-            (group, resource, verb)
-            for role in roles
-            for rule in role["rules"]
-            for group in rule["apiGroups"]
-            for resource in rule["resources"]
-            for verb in rule["verbs"]
-        }
-
     cluster = render(CLUSTER)
     namespaced = render({"rbac": {"scope": "namespaced"}})
     assert grants(by_kind(cluster, "ClusterRole")) == grants(
