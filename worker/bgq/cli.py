@@ -57,11 +57,16 @@ __all__ = [
     "EXIT_USAGE",
     "CliError",
     "build_parser",
+    "dead_document",
     "format_duration",
+    "format_fields",
     "format_table",
     "main",
     "parse_json_option",
     "parse_priority",
+    "render_dead",
+    "render_job",
+    "render_stats",
 ]
 
 EXIT_OK = 0
