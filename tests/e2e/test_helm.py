@@ -14,6 +14,7 @@ describes for a cluster with more than one bgq installation.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,49 @@ def leftovers(cluster: Cluster, namespace: str) -> list[str]:
     return sorted(set(found))
 
 
+def operator_problem(pod: dict[str, Any]) -> str | None:
+    """Why the operator pod cannot become ready (crash loop, image missing), or None."""
+    for status in pod.get("status", {}).get("containerStatuses", []):
+        waiting = status.get("state", {}).get("waiting", {})
+        if waiting.get("reason") in {
+            "CrashLoopBackOff",
+            "ErrImageNeverPull",
+            "ImagePullBackOff",
+            "CreateContainerConfigError",
+            "InvalidImageName",
+        }:
+            return f"{waiting['reason']}: {waiting.get('message', '')}"
+        if status.get("restartCount", 0) >= 2:
+            return f"restarted {status['restartCount']} times"
+    return None
+
+
+def wait_operator_ready(cluster: Cluster, namespace: str) -> None:
+    """Wait for the in-cluster operator pod to be Ready; fail at once (with its logs) if it
+    crash-loops instead of waiting out the timeout."""
+
+    def ready() -> bool:
+        pods = cluster.pods(namespace, "app.kubernetes.io/component=operator")
+        for pod in pods:
+            problem = operator_problem(pod)
+            if problem:
+                name = pod["metadata"]["name"]
+                logs = cluster.kubectl("logs", "-n", namespace, name, "--previous", check=False)
+                raise AssertionError(
+                    f"operator pod {name}: {problem}\n{(logs.stdout or logs.stderr)[-4000:]}"
+                )
+        return len(pods) == 1 and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in pods[0].get("status", {}).get("conditions", [])
+        )
+
+    deadline = time.monotonic() + 120
+    while not ready():
+        if time.monotonic() > deadline:
+            raise AssertionError("the operator pod did not become Ready within 120 s")
+        time.sleep(0.5)
+
+
 def test_helm_install_example_queue_helm_test_uninstall(
     cluster: Cluster,
     cluster_redis: HostRedis,
@@ -150,16 +194,12 @@ def test_helm_install_example_queue_helm_test_uninstall(
         "--set", "crds.install=false",
         "--set", f"tests.redisUrl={cluster_redis.url_for_pods}",
         "--set", "operator.logLevel=DEBUG",
-        "--wait", "--timeout", "180s",
-        check=False, timeout=240,
+        check=False, timeout=120,
     )  # fmt: skip
-    operator_pods = cluster.pods(namespace, "app.kubernetes.io/component=operator")
-    operator_logs = "\n".join(
-        cluster.logs(namespace, p["metadata"]["name"])[-3000:] for p in operator_pods
-    )
-    assert install.returncode == 0, f"{install.stderr}\noperator logs:\n{operator_logs}"
-    assert "helm test" in install.stdout  # NOTES tell the next command
+    assert install.returncode == 0, install.stderr
+    assert f"helm test {RELEASE} -n {namespace}" in install.stdout  # NOTES: the next command
     try:
+        wait_operator_ready(cluster, namespace)
         run_example_and_helm_test(cluster, cluster_redis, worker_image, namespace)
     except BaseException:
         for pod in cluster.pods(namespace, "app.kubernetes.io/component=operator"):
