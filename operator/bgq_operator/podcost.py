@@ -280,9 +280,17 @@ def plan_scale_down(
     victims = tuple(c.name for c in order[:n_deleted])
     kept_busy = replicas - desired
     # Safe in this tick only if, with the annotations the pods carry now, the ReplicaSet's
-    # choice contains no busy pod either.
-    deleted_now = _removal_order(costs, by_name, use_current=True)[:n_deleted]
-    safe_now = not any(c.busy for c in deleted_now)
+    # choice cannot contain a busy pod. Its tie-breaks after (ready, cost) (time ready in log2
+    # buckets, then a UID hash) are not ours to predict: a busy pod tied with the last pod to
+    # go counts as possibly deleted.
+    safe_now = True
+    if n_deleted:
+        now_order = _removal_order(costs, by_name, use_current=True)
+        last = now_order[n_deleted - 1]
+        boundary = (last.ready, by_name[last.name].cost or 0)
+        safe_now = not any(
+            c.busy and (c.ready, by_name[c.name].cost or 0) <= boundary for c in now_order
+        )
     busy = sum(1 for c in costs if c.busy)
     if kept_busy:
         move = (

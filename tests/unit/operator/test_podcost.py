@@ -183,3 +183,15 @@ def test_from_manifest_errors_are_explained() -> None:
         PodView.from_manifest({"metadata": {}})
     with pytest.raises(InvalidPodError, match="not RFC 3339"):
         PodView.from_manifest({"metadata": {"name": "p", "creationTimestamp": "yesterday"}})
+
+
+def test_a_busy_pod_tied_with_a_victim_is_not_safe() -> None:
+    """Equal current costs: the ReplicaSet's tie-break is its own; wait for the annotations."""
+    pods = [pod("idle", created=2, cost=0), pod("busy", created=1, cost=0)]
+    plan = plan_scale_down(pods, [HB("idle"), busy("busy", 5)], NOW_MS, 2, 1)
+    assert plan.victims == ("idle",)
+    assert not plan.safe_now
+    # a not-ready idle pod goes before every ready pod whatever the costs: safe at once
+    pods = [pod("starting", ready=False), pod("busy")]
+    plan = plan_scale_down(pods, [busy("busy", 5)], NOW_MS, 2, 1)
+    assert plan.victims == ("starting",) and plan.safe_now
