@@ -61,7 +61,8 @@ start() {
   local name="$1"; shift
   if alive "$name"; then return 0; fi
   mkdir -p "$PID_DIR" "$LOG_DIR"
-  setsid nohup "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null &
+  # 9>&-: the daemon must not inherit (and so hold forever) the up/down lock.
+  setsid nohup "$@" >>"$LOG_DIR/$name.log" 2>&1 < /dev/null 9>&- &
   echo $! > "$PID_DIR/$name.pid"
 }
 
@@ -99,6 +100,6 @@ cluster_lock() {
   [[ -n "${BGQ_CLUSTER_LOCKED:-}" ]] && return 0  # a parent (up calling down) holds it
   export BGQ_CLUSTER_LOCKED=1
   mkdir -p "$CACHE_DIR"
-  exec 9>"$CACHE_DIR/cluster.lock"
-  flock -w 600 9 || die "timed out waiting for $CACHE_DIR/cluster.lock (another up/down running?)"
+  exec 9>"$CACHE_DIR/cluster-updown.lock"
+  flock -w 600 9 || die "timed out waiting for $CACHE_DIR/cluster-updown.lock (another up/down running?)"
 }
