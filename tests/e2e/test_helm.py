@@ -60,10 +60,12 @@ def example_queue(namespace: str, redis_url: str, worker_image: str) -> list[dic
     worker["image"] = worker_image
     worker["imagePullPolicy"] = "Never"
     worker["command"] = ["/bin/sh", "-c"]
-    worker["args"] = ['printf "%s\\n" "$EXAMPLE_TASKS" > /tmp/tasks.py && exec bgq worker']
+    worker["args"] = [
+        'printf "%s\\n" "$EXAMPLE_TASKS" > /tmp/tasks.py && '
+        'export PYTHONPATH="/tmp${PYTHONPATH:+:$PYTHONPATH}" && exec bgq worker'
+    ]
     worker["env"] = [
         *worker.get("env", []),
-        {"name": "PYTHONPATH", "value": "/tmp"},
         {"name": "EXAMPLE_TASKS", "value": (EXAMPLES / "tasks.py").read_text()},
     ]
     worker["resources"] = {"requests": {"cpu": "10m", "memory": "64Mi"}}
