@@ -6,8 +6,9 @@ to the API server through its ServiceAccount, and reconciles an example Backgrou
 a pod inside the cluster; then ``helm test`` must pass and ``helm uninstall`` must leave nothing
 of the release behind except the CRD (documented in docs/helm.md).
 
-The release is namespaced (``rbac.scope=namespaced``, watching only the test's namespace) so
-that it never competes with operators other e2e tests run on the same cluster; the CRD is
+Both RBAC scopes are installed (Role + RoleBinding, or ClusterRole + ClusterRoleBinding); the
+operator watches only the test's namespace either way, so that it never competes with the
+operators other e2e tests run on the same cluster. The CRD is
 applied from ``crds/`` beforehand and shared (``crds.install=false``), as docs/helm.md
 describes for a cluster with more than one bgq installation.
 """
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from tests.e2e.kube import Cluster, HostRedis
 
@@ -172,7 +174,9 @@ def wait_operator_ready(cluster: Cluster, namespace: str) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.parametrize("scope", ["namespaced", "cluster"])
 def test_helm_install_example_queue_helm_test_uninstall(
+    scope: str,
     cluster: Cluster,
     cluster_redis: HostRedis,
     operator_image: str,
@@ -192,7 +196,9 @@ def test_helm_install_example_queue_helm_test_uninstall(
         "--set", "image.pullPolicy=Never",
         "--set", f"worker.image.repository={wk_repo}", "--set", f"worker.image.tag={wk_tag}",
         "--set", "worker.image.pullPolicy=Never",
-        "--set", "rbac.scope=namespaced",
+        "--set", f"rbac.scope={scope}",
+        # cluster scope: a ClusterRole, but the operator still watches only this namespace
+        "--set", f"operator.watchNamespaces[0]={namespace}",
         "--set", "crds.install=false",
         "--set", f"tests.redisUrl={cluster_redis.url_for_pods}",
         "--set", "operator.logLevel=DEBUG",
@@ -200,6 +206,9 @@ def test_helm_install_example_queue_helm_test_uninstall(
     )  # fmt: skip
     assert install.returncode == 0, install.stderr
     assert f"helm test {RELEASE} -n {namespace}" in install.stdout  # NOTES: the next command
+    rbac = "clusterrole,clusterrolebinding" if scope == "cluster" else "role,rolebinding"
+    rbac_objects = cluster.kubectl("get", rbac, "-n", namespace, "-o", "name").stdout.split()
+    assert len([o for o in rbac_objects if o.endswith(f"/{RELEASE}")]) == 2, rbac_objects
     try:
         wait_operator_ready(cluster, namespace)
         run_example_and_helm_test(cluster, cluster_redis, worker_image, namespace)
