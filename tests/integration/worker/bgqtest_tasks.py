@@ -1,0 +1,121 @@
+"""Tasks used by the worker integration tests (imported by in-process and subprocess workers).
+
+Tasks that must be observable from outside record events with RPUSH on ``BGQ_TEST_REDIS_URL``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any
+
+import redis
+
+import bgq
+
+_sync: redis.Redis | None = None
+
+
+def _r() -> redis.Redis:
+    global _sync
+    if _sync is None:
+        _sync = redis.Redis.from_url(os.environ["BGQ_TEST_REDIS_URL"], decode_responses=True)
+    return _sync
+
+
+def note(key: str, value: str) -> None:
+    """Record an event on list ``bgqtest:<key>``."""
+    _r().rpush(f"bgqtest:{key}", value)
+
+
+@bgq.task
+async def echo(x: Any) -> Any:
+    return x
+
+
+@bgq.task
+async def nothing() -> None:
+    return None
+
+
+@bgq.task(retries=0)
+async def sleepy(seconds: float, key: str) -> str:
+    """Record start, sleep, record done (in a thread: the sync redis client)."""
+    job = bgq.current_job()
+    await asyncio.to_thread(note, key, f"start:{job.job_id}:{os.getpid()}")
+    await asyncio.sleep(seconds)
+    await asyncio.to_thread(note, key, f"done:{job.job_id}:{os.getpid()}")
+    return "slept"
+
+
+@bgq.task
+async def checkpointing(key: str) -> str:
+    """Runs until shutdown is requested, then returns (a cooperative job)."""
+    job = bgq.current_job()
+    await asyncio.to_thread(note, key, f"start:{job.job_id}")
+    await job.wait_for_shutdown()
+    await asyncio.to_thread(note, key, f"checkpoint:{job.job_id}")
+    return "checkpointed"
+
+
+@bgq.task(retries=3)
+async def flaky(key: str, failures: int) -> int:
+    """Fails the first ``failures`` attempts; records each attempt's time."""
+    job = bgq.current_job()
+    await asyncio.to_thread(note, key, f"{job.attempt}:{time.time()}")
+    if job.attempt <= failures:
+        raise RuntimeError(f"attempt {job.attempt} fails")
+    return job.attempt
+
+
+class Permanent(Exception):
+    pass
+
+
+@bgq.task(retries=5, retry_on=(RuntimeError,))
+async def picky() -> None:
+    raise Permanent("not worth retrying")
+
+
+@bgq.task(retries=1, timeout=0.3)
+async def slow_async(key: str) -> None:
+    try:
+        await asyncio.sleep(30)
+    except asyncio.CancelledError:
+        await asyncio.to_thread(note, key, "cancelled")
+        raise
+
+
+@bgq.task(retries=0, timeout=0.5, cpu_bound=True)
+def cpu_forever(key: str) -> None:
+    note(key, f"pid:{os.getpid()}")
+    while True:
+        pass
+
+
+@bgq.task(cpu_bound=True)
+def cpu_square(x: int) -> int:
+    total = 0
+    for _ in range(10_000):
+        total += 1
+    return x * x + (total - total)
+
+
+@bgq.task
+def thread_add(a: int, b: int = 0) -> int:
+    assert bgq.current_job().job_id
+    return a + b
+
+
+@bgq.task
+async def kill_my_worker(key: str) -> None:
+    """Poison pill: kills the worker process running it."""
+    await asyncio.to_thread(note, key, f"run:{os.getpid()}")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+@bgq.task
+async def returns_object() -> object:
+    return object()

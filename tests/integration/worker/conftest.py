@@ -1,0 +1,186 @@
+"""Fixtures for the worker integration tests: in-process workers and worker subprocesses."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))
+
+import bgqtest_tasks  # noqa: E402, F401 - registers the test tasks
+from bgq.protocol import QueueName  # noqa: E402
+from bgq.settings import Settings  # noqa: E402
+from bgq.worker import Worker  # noqa: E402
+
+QUEUE = "test/jobs"
+
+
+def wait_until(cond: Callable[[], Any], timeout: float, what: str, step: float = 0.02) -> Any:
+    """Poll ``cond`` until truthy; fail the test naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(step)
+
+
+async def await_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Async twin of :func:`wait_until`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture
+def queue() -> QueueName:
+    return QueueName.parse(QUEUE)
+
+
+@pytest.fixture
+def rdb(redis_url: str) -> Iterator[redis.Redis]:
+    os.environ["BGQ_TEST_REDIS_URL"] = redis_url
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
+
+
+def make_settings(redis_url: str, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {
+        "redis_url": redis_url,
+        "queue": QUEUE,
+        "http_port": 0,
+        "pod_name": "test",
+        "lease_seconds": 5,
+        "heartbeat_seconds": 0.5,
+        "backoff_base_seconds": 0.05,
+        "backoff_max_seconds": 0.2,
+        "drain_seconds": 5,
+    }
+    base.update(overrides)
+    return Settings(**base)
+
+
+class InProcessWorker:
+    """A Worker running as a task of the test's event loop."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.task: asyncio.Task[int] | None = None
+
+    async def start(self) -> InProcessWorker:
+        self.task = asyncio.create_task(self.worker.run())
+        await await_until(lambda: self.worker.ready, 10, "the worker to connect")
+        return self
+
+    async def stop(self, timeout: float = 30) -> int:
+        self.worker.request_stop()
+        assert self.task is not None
+        return await asyncio.wait_for(self.task, timeout)
+
+
+@pytest.fixture
+async def start_worker(
+    redis_url: str, rdb: redis.Redis
+) -> AsyncIterator[Callable[..., Any]]:
+    """``await start_worker(consumer=..., **settings)`` -> a running InProcessWorker."""
+    started: list[InProcessWorker] = []
+
+    async def start(consumer: str | None = None, **overrides: Any) -> InProcessWorker:
+        settings = make_settings(redis_url, **overrides)
+        w = InProcessWorker(
+            Worker(settings, QueueName.parse(QUEUE), consumer=consumer or f"w{len(started)}")
+        )
+        started.append(w)
+        return await w.start()
+
+    yield start
+    for w in started:
+        if w.task is not None and not w.task.done():
+            w.worker.request_stop()
+            w.worker.request_stop()
+            try:
+                await asyncio.wait_for(w.task, 15)
+            except Exception:
+                w.task.cancel()
+
+
+class WorkerProcess:
+    """``python -m bgq.worker bgqtest_tasks`` as a subprocess."""
+
+    def __init__(self, redis_url: str, name: str, log: Path, **env: Any) -> None:
+        environ = dict(os.environ)
+        environ.update(
+            {
+                "PYTHONPATH": os.pathsep.join([str(HERE), environ.get("PYTHONPATH", "")]),
+                "BGQ_REDIS_URL": redis_url,
+                "BGQ_TEST_REDIS_URL": redis_url,
+                "BGQ_QUEUE": QUEUE,
+                "BGQ_HTTP_PORT": "0",
+                "BGQ_POD_NAME": name,
+                "BGQ_HEARTBEAT_SECONDS": "0.5",
+                "BGQ_BACKOFF_BASE_SECONDS": "0.05",
+                "BGQ_LOG_LEVEL": "INFO",
+            }
+        )
+        environ.update({k: str(v) for k, v in env.items()})
+        self.log = log
+        self._out = log.open("wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bgq.worker", "bgqtest_tasks"],
+            env=environ,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        self.name = name
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def logs(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._out.close()
+
+
+@pytest.fixture
+def spawn_worker(redis_url: str, rdb: redis.Redis, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+    """``spawn_worker(name, redis_url=None, **BGQ_env)`` -> WorkerProcess (killed at teardown)."""
+    procs: list[WorkerProcess] = []
+
+    def spawn(name: str = "p", url: str | None = None, **env: Any) -> WorkerProcess:
+        p = WorkerProcess(url or redis_url, f"{name}{len(procs)}", tmp_path / f"{name}{len(procs)}.log", **env)
+        procs.append(p)
+        return p
+
+    yield spawn
+    for p in procs:
+        p.close()
+
+
+def worker_alive(rdb: redis.Redis, pod_prefix: str = "") -> list[str]:
+    """Consumers with a live heartbeat record."""
+    keys = QueueName.parse(QUEUE).keys
+    return [c for c in rdb.zrange(keys.workers, 0, -1) if c.startswith(pod_prefix) and rdb.exists(keys.worker(c))]

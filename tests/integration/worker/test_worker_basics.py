@@ -1,0 +1,292 @@
+"""In-process worker against a real redis-server: running, results, retries, dead letters,
+timeouts, cancel, unique jobs, malformed entries."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import redis
+from conftest import QUEUE, await_until
+
+import bgq
+from bgq.protocol import QueueName
+
+
+async def test_async_thread_and_process_tasks_return_results(start_worker, redis_url):
+    await start_worker()
+    async with bgq.AsyncClient(redis_url) as client:
+        a = await client.enqueue(QUEUE, "echo", {"x": [1, 2]})
+        b = await client.enqueue_with(QUEUE, "thread_add", args=[2], kwargs={"b": 3})
+        c = await client.enqueue(QUEUE, "cpu_square", 7)
+        assert await client.wait(QUEUE, a.id, timeout=10) == {"x": [1, 2]}
+        assert await client.wait(QUEUE, b.id, timeout=10) == 5
+        assert await client.wait(QUEUE, c.id, timeout=20) == 49
+        info = await client.get(QUEUE, a.id)
+        assert info.state is bgq.JobState.SUCCEEDED
+        assert info.attempt == 1 and info.started_ms >= info.enqueued_ms
+
+
+async def test_retries_follow_backoff_then_succeed(start_worker, redis_url, rdb):
+    await start_worker(backoff_base_seconds=0.2, backoff_max_seconds=0.4)
+    async with bgq.AsyncClient(redis_url) as client:
+        job = await client.enqueue(QUEUE, "flaky", "fl", 2)
+        assert await client.wait(QUEUE, job.id, timeout=15) == 3
+    times = [float(x.split(":")[1]) for x in rdb.lrange("bgqtest:fl", 0, -1)]
+    attempts = [int(x.split(":")[0]) for x in rdb.lrange("bgqtest:fl", 0, -1)]
+    assert attempts == [1, 2, 3]
+    # full jitter: each gap is at most the capped exponential ceiling (+ scheduling slack)
+    assert times[1] - times[0] <= 0.2 + 0.5
+    assert times[2] - times[1] <= 0.4 + 0.5
+
+
+async def test_exhausted_retries_dead_letter_with_traceback(start_worker, redis_url):
+    await start_worker()
+    async with bgq.AsyncClient(redis_url) as client:
+        job = await client.enqueue_with(QUEUE, "flaky", args=["fx", 99], retries=1)
+        try:
+            await client.wait(QUEUE, job.id, timeout=10)
+            raise AssertionError("expected JobFailed")
+        except bgq.JobFailed as exc:
+            assert exc.reason == "retries-exhausted"
+            assert "attempt 2 fails" in exc.error
+            assert "RuntimeError" in exc.traceback
+        info = await client.get(QUEUE, job.id)
+        assert info.state is bgq.JobState.DEAD and info.attempt == 2
+        dead = await client.dead_letters(QUEUE)
+        assert [d.job_id for d in dead] == [job.id]
+        assert dead[0].reason == "retries-exhausted" and "Traceback" in dead[0].traceback
+        assert dead[0].task == "flaky"
+
+
+async def test_non_retryable_exception_goes_dead_at_once(start_worker, redis_url):
+    await start_worker()
+    async with bgq.AsyncClient(redis_url) as client:
+        job = await client.enqueue(QUEUE, "picky")
+        try:
+            await client.wait(QUEUE, job.id, timeout=10)
+            raise AssertionError("expected JobFailed")
+        except bgq.JobFailed as exc:
+            assert exc.reason == "not-retryable"
+        assert (await client.get(QUEUE, job.id)).attempt == 1
+
+
+async def test_replay_dead_letter_runs_again(start_worker, redis_url):
+    w = await start_worker()
+    async with bgq.AsyncClient(redis_url) as client:
+        job = await client.enqueue_with(QUEUE, "flaky", args=["rp", 1], retries=0)
+        try:
+            await client.wait(QUEUE, job.id, timeout=10)
+        except bgq.JobFailed:
+            pass
+        assert (await client.stats(QUEUE)).dead == 1
+        # attempt restarts at 1, so flaky fails again once: replay twice
+        res = await client.replay_dead(QUEUE)
+        assert res.replayed == 1 and res.skipped == 0
+        await await_until(lambda: w.worker.metrics.dead_q._value.get() >= 2, 10, "second death")
+        dead = await client.dead_letters(QUEUE)
+        assert len(dead) == 1
+        assert (await client.purge_dead(QUEUE)) == 1
+        assert (await client.stats(QUEUE)).dead == 0
+
+
+async def test_async_timeout_cancels_and_retries_then_dead(start_worker, redis_url, rdb):
+    await start_worker()
+    async with bgq.AsyncClient(redis_url) as client:
+        job = await client.enqueue(QUEUE, "slow_async", "to")
+        try:
+            await client.wait(QUEUE, job.id, timeout=10)
+            raise AssertionError("expected JobFailed")
+        except bgq.JobFailed as exc:
+            assert "JobTimeout" in exc.error and exc.reason == "retries-exhausted"
+    assert rdb.lrange("bgqtest:to", 0, -1) == ["cancelled", "cancelled"]
+
+
+async def test_process_task_hard_timeout_kills_child(start_worker, redis_url, rdb):
+    await start_worker()
+    async with bgq.AsyncClient(redis_url) as client:
+        job = await client.enqueue(QUEUE, "cpu_forever", "cf")
+        t0 = time.monotonic()
+        try:
+            await client.wait(QUEUE, job.id, timeout=20)
+            raise AssertionError("expected JobFailed")
+        except bgq.JobFailed as exc:
+            assert "killed" in exc.error
+        assert time.monotonic() - t0 < 10
+    pid = int(rdb.lrange("bgqtest:cf", 0, -1)[0].split(":")[1])
+    await await_until(lambda: not _alive(pid), 5, "the child process to be gone")
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie still answers kill(0); check its state
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+async def test_cancel_queued_and_running(start_worker, redis_url, rdb):
+    async with bgq.AsyncClient(redis_url) as client:
+        queued = await client.enqueue_with(QUEUE, "echo", args=[1], delay=30)
+        assert await client.cancel(QUEUE, queued.id) == "cancelled"
+        try:
+            await client.wait(QUEUE, queued.id, timeout=1)
+            raise AssertionError("expected JobCancelled")
+        except bgq.JobCancelled:
+            pass
+        await start_worker(lease_seconds=0.6)
+        running = await client.enqueue(QUEUE, "sleepy", 30, "cx")
+        await await_until(lambda: rdb.llen("bgqtest:cx") == 1, 10, "the job to start")
+        assert await client.cancel(QUEUE, running.id) == "cancelling"
+        try:
+            await client.wait(QUEUE, running.id, timeout=5)
+            raise AssertionError("expected JobCancelled")
+        except bgq.JobCancelled:
+            pass
+        assert await client.cancel(QUEUE, running.id) == "cancelled"
+
+
+async def test_unique_until_complete_and_idempotent_job_id(start_worker, redis_url):
+    async with bgq.AsyncClient(redis_url) as client:
+        a = await client.enqueue_with(QUEUE, "echo", args=[1], unique_key="k1")
+        b = await client.enqueue_with(QUEUE, "echo", args=[2], unique_key="k1")
+        assert a.created and b.status == "duplicate" and b.id == a.id
+        c = await client.enqueue_with(QUEUE, "echo", args=[3], job_id="fixed")
+        d = await client.enqueue_with(QUEUE, "echo", args=[4], job_id="fixed")
+        assert c.created and d.status == "exists"
+        await start_worker()
+        assert await client.wait(QUEUE, a.id, timeout=10) == 1
+        assert await client.wait(QUEUE, "fixed", timeout=10) == 3
+        # completed: the unique key is free again
+        e = await client.enqueue_with(QUEUE, "echo", args=[5], unique_key="k1")
+        assert e.created and await client.wait(QUEUE, e.id, timeout=10) == 5
+        f = await client.enqueue_with(QUEUE, "echo", args=[6], unique_key="t", unique_ttl=30)
+        assert await client.wait(QUEUE, f.id, timeout=10) == 6
+        g = await client.enqueue_with(QUEUE, "echo", args=[7], unique_key="t", unique_ttl=30)
+        assert g.status == "duplicate"
+
+
+async def test_delayed_and_priority(start_worker, redis_url):
+    async with bgq.AsyncClient(redis_url) as client:
+        later = await client.enqueue_with(QUEUE, "echo", args=["later"], delay=0.5)
+        t0 = time.time()
+        await start_worker()
+        assert await client.wait(QUEUE, later.id, timeout=10) == "later"
+        info = await client.get(QUEUE, later.id)
+        assert info.started_ms / 1000 >= t0 + 0.4
+
+
+async def test_high_priority_band_is_read_first(start_worker, redis_url, rdb):
+    async with bgq.AsyncClient(redis_url) as client:
+        low = [await client.enqueue_with(QUEUE, "echo", args=[i], priority="low") for i in range(5)]
+        high = await client.enqueue_with(QUEUE, "echo", args=["h"], priority="high")
+        await start_worker(concurrency=1, prefetch=0)
+        await client.wait(QUEUE, low[-1].id, timeout=10)
+        h = await client.get(QUEUE, high.id)
+        first_low = await client.get(QUEUE, low[0].id)
+        assert h.started_ms <= first_low.started_ms
+
+
+async def test_malformed_entries_and_payloads_dead_letter_and_worker_survives(
+    start_worker, redis_url, rdb
+):
+    keys = QueueName.parse(QUEUE).keys
+    w = await start_worker()
+    rdb.xadd(keys.ready[1], {"junk": "1"})  # no id field
+    rdb.xadd(keys.ready[1], {"id": "ghost"})  # no job hash
+    rdb.hset(keys.job("badenv"), mapping={"env": "{not json", "state": "queued", "attempt": 1,
+                                           "band": 1, "entry": "", "token": 0})
+    rdb.xadd(keys.ready[1], {"id": "badenv"})
+    async with bgq.AsyncClient(redis_url) as client:
+        unknown = await client.enqueue(QUEUE, "no_such_task")
+        bad_result = await client.enqueue(QUEUE, "returns_object")
+        good = await client.enqueue(QUEUE, "echo", "still fine")
+        assert await client.wait(QUEUE, good.id, timeout=10) == "still fine"
+        await await_until(lambda: rdb.xlen(keys.dead) >= 5, 10, "5 dead letters")
+        dead = {d.reason: d for d in await client.dead_letters(QUEUE)}
+        assert set(dead) == {"malformed-entry", "missing-job-record", "malformed-envelope",
+                             "unknown-task", "result-not-serialisable"}
+        assert "no_such_task" in dead["unknown-task"].error
+        assert dead["unknown-task"].job_id == unknown.id
+        assert dead["result-not-serialisable"].job_id == bad_result.id
+        assert "has no \"id\" field" in dead["malformed-entry"].error
+    assert not w.task.done()
+
+
+async def test_stale_ack_after_reclaim_is_rejected(redis_url, rdb):
+    """Worker A's lease expires, B reclaims the job; A's late completion is rejected."""
+    from bgq.scripts import SCRIPTS
+
+    keys = QueueName.parse(QUEUE).keys
+    for k in keys.ready:
+        rdb.xgroup_create(k, "workers", id="0", mkstream=True)
+    client = bgq.Client(redis_url)
+    job = client.enqueue(QUEUE, "echo", 1)
+
+    def fetch(consumer: str, lease_ms: int):
+        now = int(time.time() * 1000)
+        return SCRIPTS.fetch.run(rdb, [keys.ready[1]], [keys.prefix, consumer, 10, now, lease_ms,
+                                                       5, 60000, 60000])
+
+    a = fetch("A", 100)
+    assert a[1] == 1
+    _, band, entry, token_a = a[2], a[3], a[4], a[5]
+    time.sleep(0.15)
+    rdb.delete(keys.prefix + ":reclaiming")
+    b = fetch("B", 100)
+    assert b[1] == 1 and b[4] == entry and b[5] == token_a + 1
+    now = int(time.time() * 1000)
+    stale = SCRIPTS.settle.run(rdb, [keys.ready[1]], [keys.prefix, now, 60000, 60000,
+                                                     "ok", job.id, band, entry, token_a, "1", "", ""])
+    assert stale == [0]
+    assert client.get(QUEUE, job.id).state is bgq.JobState.RUNNING
+    renew_a = SCRIPTS.renew.run(rdb, [keys.ready[1]], [keys.prefix, "A", job.id, band, entry, token_a])
+    assert renew_a == [0]
+    fresh = SCRIPTS.settle.run(rdb, [keys.ready[1]], [keys.prefix, now, 60000, 60000,
+                                                     "ok", job.id, band, entry, b[5], "2", "", ""])
+    assert fresh == [1]
+    assert client.get(QUEUE, job.id).result == 2
+    assert client.get(QUEUE, job.id).lease_expiries == 1
+    client.close()
+
+
+def test_errors_are_clear(redis_url):
+    client = bgq.Client(redis_url, max_payload_bytes=1000)
+    try:
+        client.enqueue(QUEUE, "echo", "x" * 2000)
+        raise AssertionError("expected PayloadError")
+    except bgq.PayloadError as exc:
+        assert "over the limit of 1000 bytes" in str(exc)
+    try:
+        client.enqueue(QUEUE, "echo", when={1, 2})
+        raise AssertionError("expected PayloadError")
+    except bgq.PayloadError as exc:
+        assert "keyword argument 'when' (set)" in str(exc)
+    try:
+        client.enqueue("Bad_Name", "echo")
+        raise AssertionError("expected InvalidQueueName")
+    except bgq.InvalidQueueName as exc:
+        assert "DNS-1123" in str(exc)
+    client.close()
+    down = bgq.Client("redis://:secret@127.0.0.1:1/0")
+    try:
+        down.enqueue(QUEUE, "echo", 1)
+        raise AssertionError("expected RedisUnavailable")
+    except bgq.RedisUnavailable as exc:
+        assert "127.0.0.1:1" in str(exc) and "secret" not in str(exc)
+    try:
+        down.get(QUEUE, "nope")
+    except bgq.RedisUnavailable:
+        pass
+    try:
+        bgq.Client(redis_url).get(QUEUE, "nope")
+        raise AssertionError("expected JobNotFound")
+    except bgq.JobNotFound as exc:
+        assert "nope" in str(exc)
+    assert isinstance(redis.Redis, type)
