@@ -1,0 +1,251 @@
+"""Smoke tests of the real test cluster: node, pod networking, Services, signals, bgq workers.
+
+The first tests prove the harness with busybox pods (no project code); the worker tests run the
+project's worker image against the host Redis and check that scale-down drains instead of losing
+the job in flight.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from tests.e2e.kube import Cluster, HostRedis
+
+NEVER = "Never"
+
+
+def busybox_deployment(cluster: Cluster, name: str, script: str, grace: int,
+                       replicas: int = 1) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": grace,
+                    "containers": [{
+                        "name": "main",
+                        "image": cluster.busybox_image,
+                        "imagePullPolicy": NEVER,
+                        "command": ["/bin/sh", "-c", script],
+                    }],
+                },
+            },
+        },
+    }
+
+
+def wait_pod_done(cluster: Cluster, namespace: str, pod: str, timeout: float = 60) -> str:
+    """Wait for a restartPolicy=Never pod to finish; returns its phase."""
+    def phase() -> str | None:
+        p = cluster.get_json("pod", pod, "-n", namespace)["status"].get("phase")
+        return p if p in ("Succeeded", "Failed") else None
+    return cluster.wait_for(phase, timeout, f"pod {namespace}/{pod} to finish")
+
+
+def test_node_is_ready_at_pinned_version(cluster: Cluster) -> None:
+    node = cluster.get_json("node", cluster.node_name)
+    ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}["Ready"]
+    assert ready == "True"
+    assert node["status"]["nodeInfo"]["kubeletVersion"] == cluster.env["K8S_VERSION"]
+    addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+    assert addresses["InternalIP"] == cluster.node_ip
+
+
+def test_pod_reaches_host_redis_and_api_service(cluster: Cluster, cluster_redis: HostRedis,
+                                                namespace: str) -> None:
+    """Pods reach a host service on the bridge address and the API server via its Service."""
+    port = cluster_redis.url_for_pods.rsplit(":", 1)[1].split("/")[0]
+    script = (
+        f"printf 'PING\\r\\n' | nc -w 3 {cluster.host_ip} {port} && "
+        "nc -w 3 $KUBERNETES_SERVICE_HOST $KUBERNETES_SERVICE_PORT </dev/null && echo api-reachable"
+    )
+    cluster.apply({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "probe", "image": cluster.busybox_image, "imagePullPolicy": NEVER,
+            "command": ["/bin/sh", "-c", script]}]},
+    }, namespace=namespace)
+    phase = wait_pod_done(cluster, namespace, "probe")
+    logs = cluster.logs(namespace, "probe")
+    assert phase == "Succeeded", logs
+    assert "+PONG" in logs
+    assert "api-reachable" in logs
+
+
+def test_scale_down_sends_sigterm(cluster: Cluster, namespace: str) -> None:
+    """A pod that handles SIGTERM exits at once on scale-down (well before its grace period)."""
+    script = "trap 'echo got-sigterm; exit 0' TERM; while true; do sleep 0.2 & wait; done"
+    cluster.apply(busybox_deployment(cluster, "polite", script, grace=30), namespace=namespace)
+    cluster.wait_pods_running(namespace, "app=polite", 1)
+    started = time.monotonic()
+    cluster.kubectl("scale", "deployment/polite", "--replicas=0", "-n", namespace)
+    cluster.wait_for(
+        lambda: not cluster.get_json("pods", "-n", namespace, "-l", "app=polite")["items"],
+        30, "the polite pod to be gone")
+    elapsed = time.monotonic() - started
+    assert elapsed < 10, f"pod took {elapsed:.1f} s to stop although it exits on SIGTERM"
+
+
+def test_pod_ignoring_sigterm_is_killed_at_grace_period(cluster: Cluster, namespace: str) -> None:
+    grace = 3
+    script = "trap '' TERM; while true; do sleep 0.2; done"
+    cluster.apply(busybox_deployment(cluster, "stubborn", script, grace=grace), namespace=namespace)
+    cluster.wait_pods_running(namespace, "app=stubborn", 1)
+    started = time.monotonic()
+    cluster.kubectl("scale", "deployment/stubborn", "--replicas=0", "-n", namespace)
+    cluster.wait_for(
+        lambda: not cluster.get_json("pods", "-n", namespace, "-l", "app=stubborn")["items"],
+        grace + 20, "the stubborn pod to be killed")
+    elapsed = time.monotonic() - started
+    assert grace - 0.5 <= elapsed <= grace + 8, f"killed after {elapsed:.1f} s, grace {grace} s"
+
+
+def test_python_pod_calls_api_server_in_cluster(cluster: Cluster, worker_image: str,
+                                                namespace: str) -> None:
+    """The project image runs read-only as uid 10001 and reaches the API server the way an
+    in-cluster operator does: KUBERNETES_SERVICE_HOST (a ClusterIP via kube-proxy) + SA token."""
+    code = (
+        "import json, os, ssl, urllib.request\n"
+        "sa = '/var/run/secrets/kubernetes.io/serviceaccount'\n"
+        "host = os.environ['KUBERNETES_SERVICE_HOST']\n"
+        "port = os.environ['KUBERNETES_SERVICE_PORT']\n"
+        "ctx = ssl.create_default_context(cafile=sa + '/ca.crt')\n"
+        "req = urllib.request.Request(f'https://{host}:{port}/version',\n"
+        "    headers={'Authorization': 'Bearer ' + open(sa + '/token').read()})\n"
+        "v = json.load(urllib.request.urlopen(req, context=ctx, timeout=5))\n"
+        "import bgq\n"
+        "print(json.dumps({'version': v['gitVersion'], 'uid': os.getuid(),\n"
+        "                  'bgq': bgq.__version__}))\n"
+    )
+    cluster.apply({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "incluster"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [{
+                "name": "py", "image": worker_image, "imagePullPolicy": NEVER,
+                "command": ["python3", "-c", code],
+                "securityContext": {"readOnlyRootFilesystem": True,
+                                    "allowPrivilegeEscalation": False,
+                                    "capabilities": {"drop": ["ALL"]}},
+                "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+            }],
+            "volumes": [{"name": "tmp", "emptyDir": {}}],
+        },
+    }, namespace=namespace)
+    phase = wait_pod_done(cluster, namespace, "incluster")
+    logs = cluster.logs(namespace, "incluster")
+    assert phase == "Succeeded", logs
+    result = json.loads(logs.strip().splitlines()[-1])
+    assert result["version"] == cluster.env["K8S_VERSION"]
+    assert result["uid"] == 10001
+
+
+# ------------------------------------------------------------------ the project's worker image
+def worker_deployment(name: str, image: str, queue: str, redis_url: str, replicas: int,
+                      drain_seconds: int = 20, concurrency: int = 4) -> dict[str, Any]:
+    """A plain Deployment of bgq workers, configured only through the BGQ_* environment."""
+    env = {
+        "BGQ_REDIS_URL": redis_url,
+        "BGQ_QUEUE": queue,
+        "BGQ_TASKS_MODULE": "e2e_tasks",
+        "BGQ_CONCURRENCY": str(concurrency),
+        "BGQ_DRAIN_SECONDS": str(drain_seconds),
+        "BGQ_HEARTBEAT_SECONDS": "1",
+        "BGQ_LOG_LEVEL": "INFO",
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "terminationGracePeriodSeconds": drain_seconds + 5,
+                    "securityContext": {"runAsNonRoot": True},
+                    "containers": [{
+                        "name": "worker",
+                        "image": image,
+                        "imagePullPolicy": NEVER,
+                        "command": ["python3", "-m", "bgq.worker", "e2e_tasks", "--queue", queue],
+                        "env": [{"name": k, "value": v} for k, v in env.items()] + [
+                            {"name": "BGQ_POD_NAME",
+                             "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}],
+                        "securityContext": {"readOnlyRootFilesystem": True,
+                                            "allowPrivilegeEscalation": False,
+                                            "capabilities": {"drop": ["ALL"]}},
+                        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+                    }],
+                    "volumes": [{"name": "tmp", "emptyDir": {}}],
+                },
+            },
+        },
+    }
+
+
+def pod_logs(cluster: Cluster, namespace: str, selector: str) -> str:
+    return "\n".join(
+        f"--- {p['metadata']['name']}\n" + cluster.logs(namespace, p["metadata"]["name"])
+        for p in cluster.pods(namespace, selector))
+
+
+def test_worker_deployment_processes_jobs_from_host_redis(
+        cluster: Cluster, cluster_redis: HostRedis, worker_image: str, namespace: str) -> None:
+    import bgq
+
+    queue = f"{namespace}/jobs"
+    cluster.apply(worker_deployment("workers", worker_image, queue, cluster_redis.url_for_pods, 2),
+                  namespace=namespace)
+    pods = {p["metadata"]["name"] for p in cluster.wait_pods_running(namespace, "app=workers", 2)}
+    with bgq.Client(cluster_redis.url_for_host) as client:
+        jobs = [client.enqueue(queue, "record", i) for i in range(20)]
+        try:
+            results = [client.wait(queue, job.id, timeout=30) for job in jobs]
+        except bgq.WaitTimeout as exc:
+            raise AssertionError(f"{exc}\n{pod_logs(cluster, namespace, 'app=workers')}") from exc
+    assert sorted(r["value"] for r in results) == list(range(20))
+    assert {r["pod"] for r in results} <= pods
+
+
+def test_scale_down_drains_the_job_in_flight(
+        cluster: Cluster, cluster_redis: HostRedis, worker_image: str, namespace: str) -> None:
+    """SIGTERM mid-job: the worker finishes (or hands back) the job and exits before the grace."""
+    import bgq
+
+    queue = f"{namespace}/jobs"
+    drain = 20
+    cluster.apply(worker_deployment("drainer", worker_image, queue, cluster_redis.url_for_pods, 1,
+                                    drain_seconds=drain), namespace=namespace)
+    (pod,) = cluster.wait_pods_running(namespace, "app=drainer", 1)
+    with bgq.Client(cluster_redis.url_for_host) as client:
+        job = client.enqueue(queue, "sleep", 4)
+        cluster.wait_for(lambda: client.get(queue, job.id).state == bgq.JobState.RUNNING, 30,
+                         f"job {job.id} to start")
+        scaled_ms = time.time() * 1000
+        started = time.monotonic()
+        cluster.kubectl("scale", "deployment/drainer", "--replicas=0", "-n", namespace)
+        cluster.wait_for(
+            lambda: not cluster.get_json("pods", "-n", namespace, "-l", "app=drainer")["items"],
+            drain + 15, "the draining worker pod to exit")
+        stopped_after = time.monotonic() - started
+        info = client.get(queue, job.id)
+        if info.state != bgq.JobState.SUCCEEDED:
+            # Handed back instead of finished: it must be queued again, then done by a new pod.
+            assert info.state == bgq.JobState.QUEUED, info
+            cluster.kubectl("scale", "deployment/drainer", "--replicas=1", "-n", namespace)
+            client.wait(queue, job.id, timeout=60)
+            info = client.get(queue, job.id)
+    assert info.state == bgq.JobState.SUCCEEDED, info
+    assert info.finished_ms > scaled_ms, "the job ended before the scale-down: nothing drained"
+    assert stopped_after < drain + 5, f"worker needed {stopped_after:.1f} s: it was SIGKILLed"
+    assert info.result["pod"] == pod["metadata"]["name"] or info.attempt > 1
