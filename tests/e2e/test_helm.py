@@ -291,16 +291,23 @@ def run_example_and_helm_test(
     assert job.get("state") == "succeeded", job
     assert "5" in logs, logs
 
-    # the BackgroundQueue's status reflects the work and the scale-up
+    # the BackgroundQueue's status reflects the scale-up, the ready worker and the empty queue
     def status_updated() -> dict[str, Any] | None:
         obj = cluster.get_json("backgroundqueue", "reports", "-n", namespace)
         status = obj.get("status", {})
-        scaled = status.get("scaling", {}).get("lastScaleTime")
-        observed = status.get("observedGeneration") == obj["metadata"]["generation"]
-        return status if scaled and observed and "queue" in status else None
+        ready = {c["type"]: c["status"] for c in status.get("conditions", [])}.get("Ready")
+        queue = status.get("queue", {})
+        done = (
+            status.get("observedGeneration") == obj["metadata"]["generation"]
+            and status.get("scaling", {}).get("lastScaleTime")
+            and status.get("readyReplicas", 0) >= 1
+            and ready == "True"
+            and queue.get("backlog") == 0
+            and queue.get("inFlight") == 0
+        )
+        return status if done else None
 
-    status = cluster.wait_for(status_updated, 60, "the example's status to be updated")
-    assert status["queue"]["backlog"] == 0, status
+    cluster.wait_for(status_updated, 60, "the example's status: Ready, 1 worker, queue empty")
 
     # helm test: a BackgroundQueue of its own, a job enqueued from a pod, waited for
     result = cluster.helm("test", RELEASE, "-n", namespace, "--timeout", "240s", check=False,
