@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -71,11 +72,37 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.e2e)
 
 
+_PREPARE_ERROR: list[str] = []
+NOT_ROOT = ("the e2e tests need root (containerd, kubelet, pod networking): run them as root, "
+            "or deselect them with `make test-fast` / -m 'not e2e'")
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Install packages, build Kubernetes/helm and the image base layers before any test runs.
+
+    A cold build takes ~10 minutes on 2 cores: done here, it is outside every test's timeout.
+    Warm, it takes well under a second. Errors are reported by the ``cluster`` fixture.
+    """
+    if os.geteuid() != 0 or not any(E2E_DIR in item.path.parents for item in session.items):
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line("e2e: preparing the test cluster (hack/cluster/install; the first "
+                            "run builds Kubernetes from source, ~10 min)")
+    try:
+        run_script("install", timeout=3600)
+        for kind in ("worker", "operator"):
+            run_script("build-image", kind, "--layers-only", timeout=1800)
+    except (ClusterError, OSError, subprocess.TimeoutExpired) as exc:
+        _PREPARE_ERROR.append(str(exc))
+
+
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     if os.geteuid() != 0:
-        pytest.fail("the e2e tests need root (containerd, kubelet, pod networking): run them as "
-                    "root, or deselect them with `make test-fast` / -m 'not e2e'", pytrace=False)
+        pytest.fail(NOT_ROOT, pytrace=False)
+    if _PREPARE_ERROR:
+        pytest.fail(f"preparing the test cluster failed: {_PREPARE_ERROR[0]}", pytrace=False)
     env = cluster_env()
     cache = Path(env["CACHE_DIR"])
     cache.mkdir(parents=True, exist_ok=True)
