@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: deps lint test test-fast test-e2e crds cluster-up cluster-down cluster-status bench
+.PHONY: deps lint test test-fast test-e2e crds cluster-install cluster-up cluster-down cluster-status bench
 
 deps: $(VENV)/.installed
 
@@ -32,6 +32,10 @@ test-fast: lint
 
 test-e2e: deps
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+# The real test cluster (docs/cluster.md); needs root. The e2e fixtures call these themselves.
+cluster-install:
+	hack/cluster/install
 
 cluster-up:
 	hack/cluster/up
