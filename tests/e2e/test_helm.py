@@ -117,16 +117,18 @@ def leftovers(cluster: Cluster, namespace: str) -> list[str]:
         "deployments,replicasets,pods,services,serviceaccounts,roles,rolebindings,"
         "configmaps,secrets,backgroundqueues"
     )
-    for args in (
+    labelled: list[tuple[str, ...]] = [
         ("get", namespaced, "-n", namespace, "-l", selector, "-o", "name"),
         ("get", "clusterroles,clusterrolebindings", "-l", selector, "-o", "name"),
-    ):
+    ]
+    for args in labelled:
         found += cluster.kubectl(*args).stdout.split()
     # hook objects are named after the release; so are the RBAC objects
-    for args in (
+    named: list[tuple[str, ...]] = [
         ("get", "pods,backgroundqueues,deployments", "-n", namespace, "-o", "name"),
         ("get", "clusterroles,clusterrolebindings", "-o", "name"),
-    ):
+    ]
+    for args in named:
         found += [n for n in cluster.kubectl(*args).stdout.split() if f"/{RELEASE}" in n]
     return sorted(set(found))
 

@@ -13,16 +13,24 @@ from chart_helpers import CHART, KUBE_VERSION, ROOT, Render, run_helm, values_ar
 
 from bgq_operator.spec import parse_spec
 
-CLUSTER = {"rbac": {"scope": "cluster"}}
-NAMESPACED = {"rbac": {"scope": "namespaced"}, "operator": {"watchNamespaces": ["shop", "etl"]}}
-EVERYTHING = {
+CLUSTER: dict[str, Any] = {"rbac": {"scope": "cluster"}}
+NAMESPACED: dict[str, Any] = {
+    "rbac": {"scope": "namespaced"},
+    "operator": {"watchNamespaces": ["shop", "etl"]},
+}
+EVERYTHING: dict[str, Any] = {
     "redis": {"enabled": True},
     "metrics": {"serviceMonitor": {"enabled": True, "additionalLabels": {"release": "prom"}}},
     "tests": {"redisUrl": "redis://redis.infra:6379/0"},
     "image": {"repository": "registry.example/bgq-operator", "tag": "1.2.3"},
     "imagePullSecrets": [{"name": "regcred"}],
 }
-VALUE_SETS = {"default": {}, "cluster": CLUSTER, "namespaced": NAMESPACED, "everything": EVERYTHING}
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "cluster": CLUSTER,
+    "namespaced": NAMESPACED,
+    "everything": EVERYTHING,
+}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "Job", "Pod"}
 
 
