@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        # kopf logs every successful handler call at INFO: one line per watch event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     assert handlers.Runtime is not None  # importing handlers registers them with kopf
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run(args))

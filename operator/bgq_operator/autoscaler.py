@@ -77,6 +77,7 @@ class EndpointLoop:
         self.queues: set[tuple[str, str]] = set()
         self.wake = asyncio.Event()
         self.retick_soon = False
+        self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -87,12 +88,13 @@ class EndpointLoop:
         ]
 
     async def stop(self) -> None:
-        """Stop both tasks."""
+        """Stop both tasks (a flag too: Python 3.11's wait_for can swallow a cancellation)."""
+        self._stopping = True
+        self.wake.set()
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
 
     def _states(self) -> list[QueueState]:
         found = (self.ctx.registry.find(ns, n) for ns, n in sorted(self.queues))
@@ -105,11 +107,11 @@ class EndpointLoop:
     async def _listen(self) -> None:
         """SUBSCRIBE bgq:wake and set the wake event for our queues; reconnect forever."""
         names_of = self._names
-        while True:
+        while not self._stopping:
             pubsub = self.ctx.redis.client(self.endpoint).pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(WAKE_CHANNEL)
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is None or message.get("type") != "message":
                         continue
@@ -127,13 +129,15 @@ class EndpointLoop:
         return {f"{ns}/{n}" for ns, n in self.queues}
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             timeout = 0.5 if self.retick_soon else self._poll_interval()
             self.retick_soon = False
             woke = False
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
                 woke = True
+            if self._stopping:
+                return
             started = time.monotonic()
             if woke:
                 await asyncio.sleep(DEBOUNCE_S)

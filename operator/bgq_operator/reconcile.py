@@ -33,8 +33,8 @@ from bgq_operator.state import DeploymentView, Problem, QueueState, Registry, co
 
 log = logging.getLogger("bgq_operator.reconcile")
 
-STATUS_REFRESH_S = 30.0
-"""Write status at least this often when only the autoscaler memory changed."""
+VOLATILE_REFRESH_S = 10.0
+"""Write status at most this often when only explanations, timers or memory changed."""
 
 
 @dataclass
@@ -79,11 +79,10 @@ async def flush_status(ctx: Context, state: QueueState, force: bool = False) -> 
     state.refresh_conditions()
     status = compose_status(state)
     now = time.monotonic()
-    comparable = _without_memory(status)
-    unchanged = state.last_status is not None and _without_memory(state.last_status) == comparable
-    if unchanged and not force:
-        stale = now - state.last_status_at > STATUS_REFRESH_S
-        if not stale or status == state.last_status:
+    last = state.last_status
+    if not force and last is not None and _essential(status) == _essential(last):
+        fresh = now - state.last_status_at < VOLATILE_REFRESH_S
+        if fresh or status == last:
             return
     try:
         await ctx.kube.patch_queue_status(state.namespace, state.name, status)
@@ -114,10 +113,23 @@ _EVENT_REASONS = {
 }
 
 
-def _without_memory(status: Mapping[str, Any]) -> dict[str, Any]:
+def _essential(status: Mapping[str, Any]) -> dict[str, Any]:
+    """Status without the fields that change on every tick (explanations, timers, memory).
+
+    A change there alone is written at most every ``VOLATILE_REFRESH_S``, so an idle queue
+    does not cost an API write (and a watch event) per poll.
+    """
     out = dict(status)
     if "scaling" in out:
-        out["scaling"] = {k: v for k, v in out["scaling"].items() if k != "memory"}
+        out["scaling"] = {
+            k: v for k, v in out["scaling"].items() if k not in ("memory", "reason")
+        }
+    if "queue" in out:
+        out["queue"] = {k: v for k, v in out["queue"].items() if k != "oldestJobAgeSeconds"}
+    out["conditions"] = [
+        {k: v for k, v in c.items() if not (c.get("type") == cond.SCALING and k == "message")}
+        for c in out.get("conditions") or ()
+    ]
     return out
 
 
