@@ -119,3 +119,9 @@ async def kill_my_worker(key: str) -> None:
 @bgq.task
 async def returns_object() -> object:
     return object()
+
+
+@bgq.task
+async def pause(ms: float, x: Any) -> Any:
+    await asyncio.sleep(ms / 1000)
+    return x

@@ -18,6 +18,7 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
 
 import bgqtest_tasks  # noqa: E402, F401 - registers the test tasks
+
 from bgq.protocol import QueueName  # noqa: E402
 from bgq.settings import Settings  # noqa: E402
 from bgq.worker import Worker  # noqa: E402

@@ -3,14 +3,13 @@ timeouts, cancel, unique jobs, malformed entries."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import redis
-from conftest import QUEUE, await_until
 
 import bgq
 from bgq.protocol import QueueName
+from conftest import QUEUE, await_until
 
 
 async def test_async_thread_and_process_tasks_return_results(start_worker, redis_url):
