@@ -214,6 +214,7 @@ def test_helm_install_example_queue_helm_test_uninstall(
     try:
         wait_operator_ready(cluster, namespace)
         run_example_and_helm_test(cluster, cluster_redis, worker_image, namespace)
+        upgrade_replaces_the_operator(cluster, namespace)
     except BaseException:
         for pod in cluster.pods(namespace, "app.kubernetes.io/component=operator"):
             print(cluster.logs(namespace, pod["metadata"]["name"])[-6000:])
@@ -237,6 +238,21 @@ def test_helm_install_example_queue_helm_test_uninstall(
     )
     # the CRD stays (documented): the other installations and their queues rely on it
     assert cluster.kubectl("get", "crd", CRD_NAME, check=False).returncode == 0
+
+
+def upgrade_replaces_the_operator(cluster: Cluster, namespace: str) -> None:
+    """`helm upgrade` of a value rolls the operator (Recreate: the old pod goes first)."""
+    (old,) = cluster.pods(namespace, "app.kubernetes.io/component=operator")
+    upgrade = cluster.helm(
+        "upgrade", RELEASE, str(CHART), "-n", namespace, "--reuse-values",
+        "--set", "operator.logLevel=INFO", check=False, timeout=120,
+    )  # fmt: skip
+    assert upgrade.returncode == 0, upgrade.stderr
+    wait_operator_ready(cluster, namespace)
+    (new,) = cluster.pods(namespace, "app.kubernetes.io/component=operator")
+    assert new["metadata"]["uid"] != old["metadata"]["uid"]
+    env = {e["name"]: e.get("value") for e in new["spec"]["containers"][0]["env"]}
+    assert env["BGQ_LOG_LEVEL"] == "INFO"
 
 
 def run_example_and_helm_test(
@@ -338,3 +354,19 @@ def run_example_and_helm_test(
         60,
         "the helm test pod and the test queue's workers to be gone",
     )
+
+
+def test_chart_crd_is_accepted_by_the_api_server(cluster: Cluster) -> None:
+    """The CRD as the chart renders it (crds.install=true: Helm labels, keep annotation) passes
+    the API server's validation (server-side dry run: the shared CRD is not touched)."""
+    rendered = cluster.helm(
+        "template", RELEASE, str(CHART), "--show-only", "templates/crd.yaml",
+        "--kube-version", "v1.36.0",
+    ).stdout  # fmt: skip
+    assert "helm.sh/resource-policy: keep" in rendered
+    result = cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "--dry-run=server", "-f", "-",
+        input=rendered, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert f"customresourcedefinition.apiextensions.k8s.io/{CRD_NAME}" in result.stdout
