@@ -370,3 +370,19 @@ def test_chart_crd_is_accepted_by_the_api_server(cluster: Cluster) -> None:
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert f"customresourcedefinition.apiextensions.k8s.io/{CRD_NAME}" in result.stdout
+
+
+def test_examples_are_accepted_by_the_api_server(cluster: Cluster, namespace: str) -> None:
+    """Every manifest in examples/ passes the API server's validation (CRD schema and CEL rules
+    for the BackgroundQueues), as a user would apply it (server-side dry run)."""
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / f"{CRD_NAME}.yaml")
+    )  # fmt: skip
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
+    for path in sorted(EXAMPLES.glob("*.yaml")):
+        result = cluster.kubectl(
+            "apply", "--dry-run=server", "-n", namespace, "-f", str(path), check=False
+        )
+        assert result.returncode == 0, f"{path.name}: {result.stderr}"
+        kinds = [d["kind"] for d in yaml.safe_load_all(path.read_text()) if d]
+        assert len(result.stdout.strip().splitlines()) == len(kinds), result.stdout
