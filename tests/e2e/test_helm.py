@@ -189,6 +189,10 @@ def test_helm_install_example_queue_helm_test_uninstall(
         "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / f"{CRD_NAME}.yaml")
     )
     cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
+    # every pod of the release, the test hooks and the workers must pass "restricted"
+    cluster.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
     op_repo, op_tag = split_image(operator_image)
     wk_repo, wk_tag = split_image(worker_image)
     install = cluster.helm(

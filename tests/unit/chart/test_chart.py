@@ -367,6 +367,13 @@ def test_helm_test_hook_enqueues_through_a_real_backgroundqueue(render: Render) 
     assert "--wait" in command
 
 
+def test_helm_test_queue_name_fits_the_operators_limit(render: Render) -> None:
+    long_name = "a-very-long-release-name-that-goes-on-and-on-and-on-and-on-x"
+    docs = render({"fullnameOverride": long_name, "tests": {"redisUrl": "redis://r:6379/0"}})
+    name = one(docs, "BackgroundQueue")["metadata"]["name"]
+    assert len(name) <= 58 and name.endswith("-test"), name
+
+
 def test_helm_test_without_redis_fails_with_the_reason(render: Render) -> None:
     docs = render()
     assert not by_kind(docs, "BackgroundQueue")
