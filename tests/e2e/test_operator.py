@@ -151,7 +151,7 @@ def test_queue_lifecycle(
     queue = f"{namespace}/{name}"
     with bgq.Client(cluster_redis.url_for_host) as client:
         started = time.monotonic()
-        jobs = [client.enqueue(queue, "e2e_tasks.record", i) for i in range(5)]
+        jobs = [client.enqueue(queue, "record", i) for i in range(5)]
         scaled = cluster.wait_for(
             lambda: (cluster.get_json("deployment", f"bgq-{name}", "-n", namespace)["spec"]
                      ["replicas"]) or None,
@@ -221,3 +221,30 @@ def test_missing_secret_gives_a_condition_not_a_crash(
     events = cluster.kubectl("get", "events", "-n", namespace, "--field-selector",
                              "involvedObject.name=secretive").stdout  # fmt: skip
     assert "NotReady" in events
+
+
+def test_kubectl_scale_when_autoscaling_is_off_and_explain(
+    cluster: Cluster, cluster_redis: HostRedis, worker_image: str, operator: str, namespace: str
+) -> None:
+    manifest = queue_manifest("manual", worker_image, cluster_redis.url_for_pods,
+                              **{"scaling.enabled": False})  # fmt: skip
+    manifest["spec"]["replicas"] = 0
+    cluster.apply(manifest, namespace)
+
+    def replicas() -> int | None:
+        proc = cluster.kubectl("get", "deployment", "bgq-manual", "-n", namespace, "-o",
+                               "jsonpath={.spec.replicas}", check=False)  # fmt: skip
+        return int(proc.stdout) if proc.returncode == 0 and proc.stdout else None
+
+    assert cluster.wait_for(lambda: replicas() == 0, 30, "the Deployment at 0")
+    cluster.kubectl("scale", "backgroundqueue/manual", "-n", namespace, "--replicas=1")
+    cluster.wait_for(lambda: replicas() == 1, 15, "kubectl scale to reach the Deployment")
+    obj = get_queue(cluster, namespace, "manual")
+    cluster.wait_for(
+        lambda: get_queue(cluster, namespace, "manual").get("status", {}).get("scaling", {})
+        .get("boundBy") == "manual",
+        15, "boundBy=manual",
+    )  # fmt: skip
+    assert obj["spec"]["replicas"] == 1
+    explained = cluster.kubectl("explain", "backgroundqueue.spec.scaling").stdout
+    assert "minReplicas" in explained and "Fewest worker pods" in explained
