@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 
 from bgq.errors import BgqError
 
@@ -53,20 +52,45 @@ class ShutdownSignal:
         return self._flag.wait(timeout)
 
 
-@dataclass
 class JobContext:
-    """What a running job knows about itself."""
+    """What a running job knows about itself (``bgq.current_job()``)."""
 
-    job_id: str
-    queue: str
-    task: str
-    attempt: int
-    """1 for the first try, 2 for the first retry, ..."""
-    max_retries: int
-    headers: dict[str, str]
-    enqueued_ms: int
-    shutdown: ShutdownSignal = field(default_factory=ShutdownSignal, repr=False)
-    cancel_event: threading.Event = field(default_factory=threading.Event, repr=False)
+    __slots__ = (
+        "_cancelled",
+        "attempt",
+        "enqueued_ms",
+        "headers",
+        "job_id",
+        "max_retries",
+        "queue",
+        "shutdown",
+        "task",
+    )
+
+    def __init__(  # noqa: PLR0917 - built once per job by the worker
+        self,
+        job_id: str,
+        queue: str,
+        task: str,
+        attempt: int,
+        max_retries: int,
+        headers: dict[str, str],
+        enqueued_ms: int,
+        shutdown: ShutdownSignal | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.queue = queue
+        self.task = task
+        self.attempt = attempt
+        """1 for the first try, 2 for the first retry, ..."""
+        self.max_retries = max_retries
+        self.headers = headers
+        self.enqueued_ms = enqueued_ms
+        self.shutdown = shutdown if shutdown is not None else ShutdownSignal()
+        self._cancelled = False
+
+    def __repr__(self) -> str:
+        return f"<JobContext {self.task} {self.job_id} attempt {self.attempt}>"
 
     @property
     def shutdown_requested(self) -> bool:
@@ -79,8 +103,13 @@ class JobContext:
 
     @property
     def cancel_requested(self) -> bool:
-        """True when the job timed out or was cancelled; thread tasks should stop promptly."""
-        return self.cancel_event.is_set()
+        """True when the job timed out, was cancelled, or its lease was lost; thread tasks
+        (which cannot be interrupted) should check it and stop promptly."""
+        return self._cancelled
+
+    def request_cancel(self) -> None:
+        """Set :attr:`cancel_requested` (worker internal)."""
+        self._cancelled = True
 
     @property
     def traceparent(self) -> str:

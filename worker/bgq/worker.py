@@ -25,6 +25,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import heapq
 import importlib
 import json
 import logging
@@ -36,7 +37,7 @@ import time
 import traceback
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextvars import copy_context
+from contextvars import Context, copy_context
 from typing import Any
 
 import redis
@@ -51,6 +52,7 @@ from bgq.procrun import ProcessRunner
 from bgq.protocol import GROUP, Envelope, QueueName
 from bgq.scripts import SCRIPTS
 from bgq.settings import Settings
+from bgq.task import _REGISTRY as _TASKS
 from bgq.task import Task, lookup
 
 log = logging.getLogger("bgq.worker")
@@ -82,6 +84,7 @@ class Held:
         "runner",
         "started_ms",
         "stop_reason",
+        "timeout",
         "token",
     )
 
@@ -98,7 +101,8 @@ class Held:
         self.runner: asyncio.Task[None] | None = None
         self.ctx: JobContext | None = None
         self.stop_reason = ""
-        """Why the runner was cancelled: "drain", "lost" or "cancel"."""
+        """Why the runner was cancelled: "drain", "lost", "cancel" or "timeout"."""
+        self.timeout = 0.0
 
 
 class Worker:
@@ -122,7 +126,14 @@ class Worker:
         self.lease_ms = int(settings.lease_seconds * 1000)
         self.result_ttl_ms = settings.result_ttl_seconds * 1000
         self.dead_retention_ms = settings.dead_retention_seconds * 1000
-        self.metrics = Metrics(str(queue))
+        self.queue_text = str(queue)
+        self.metrics = Metrics(self.queue_text)
+        self.metrics.gauge(
+            "jobs_in_flight", "Jobs fetched and not yet settled", lambda: len(self.held)
+        )
+        self.metrics.gauge("jobs_running", "Jobs running now", lambda: self.running)
+        self._deadlines: list[tuple[float, int, Held]] = []
+        self._seq = 0
         self.shutdown = ShutdownSignal()
         self._redis_arg = redis_client
         self.redis: redis.asyncio.Redis = redis_client  # type: ignore[assignment]
@@ -134,7 +145,7 @@ class Worker:
         self.ready = False
         self.draining = False
         self._stop_requested_at: float | None = None
-        self._settle_buf: list[Any] = []
+        self._settle_buf: list[tuple[Any, ...]] = []
         self._last_tick = time.monotonic()
         self._state = "idle"
         self._threads: ThreadPoolExecutor | None = None
@@ -281,10 +292,13 @@ class Worker:
         return server
 
     async def _ticker(self) -> None:
-        """Marks the loop alive; /livez fails when this stops running."""
+        """Marks the loop alive (/livez fails when this stops running) and enforces job
+        timeouts (50 ms resolution)."""
         while True:
             self._last_tick = time.monotonic()
-            await asyncio.sleep(0.25)
+            if self._deadlines:
+                self._sweep_timeouts()
+            await asyncio.sleep(0.05)
 
     # ---------------------------------------------------------------------------- fetch
 
@@ -304,7 +318,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except (*_REDIS_ERRORS, redis.ResponseError) as exc:
-                self.metrics.redis_errors.inc()
+                self.metrics.counts["redis_errors"] += 1
                 log.warning("fetch failed, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
@@ -315,6 +329,8 @@ class Worker:
     async def _fetch(self, room: int) -> tuple[int, int]:
         s = self.settings
         adopt, self._adopt = self._adopt, []
+        now = _now_ms()
+        settled = self._settle_idle.is_set()
         reply = await SCRIPTS.fetch.arun(
             self.redis,
             [self.keys.ready[1]],
@@ -322,7 +338,7 @@ class Worker:
                 self.keys.prefix,
                 self.consumer,
                 room,
-                _now_ms(),
+                now,
                 self.lease_ms,
                 s.max_deliveries,
                 self.result_ttl_ms,
@@ -331,18 +347,15 @@ class Worker:
             ],
         )
         n = int(reply[1])
+        if self._local_due and settled and self._local_due <= now:
+            self._local_due = 0  # this fetch promoted it
+        self.metrics.counts["reclaimed"] += int(reply[3])
         if n:
             held = self.held
             backlog = self.backlog
-            for i in range(2, 2 + 6 * n, 6):
-                h = Held(
-                    reply[i],
-                    int(reply[i + 1]),
-                    reply[i + 2],
-                    int(reply[i + 3]),
-                    int(reply[i + 4]),
-                    reply[i + 5],
-                )
+            flat = json.loads(reply[2])
+            for i in range(0, 6 * n, 6):
+                h = Held(*flat[i : i + 6])
                 old = held.get(h.id)
                 if old is not None:  # reclaimed our own job after a stall: newest token wins
                     old.stop_reason = "lost"
@@ -350,7 +363,6 @@ class Worker:
                         old.runner.cancel()
                 held[h.id] = h
                 backlog.append(h)
-            self.metrics.in_flight.set(len(held))
             self._dispatch()
         return n, int(reply[0])
 
@@ -360,8 +372,6 @@ class Worker:
         BUSY_BLOCK_MS while own jobs run, so retries they schedule start on time)."""
         block = BUSY_BLOCK_MS if self.running else MAX_BLOCK_MS
         now = _now_ms()
-        if self._local_due and self._local_due < now:
-            self._local_due = 0
         for due in (next_due, self._local_due):
             if due > 0:
                 block = max(1, min(block, due - now))
@@ -388,55 +398,70 @@ class Worker:
                 continue
             self.running += 1
             h.runner = asyncio.create_task(self._run(h))
-        self.metrics.running.set(self.running)
-        state = "busy" if self.held else "idle"
-        if state != self._state and not self.draining:
-            self._state = state
+        busy = bool(self.held)
+        if busy != (self._state == "busy") and not self.draining:
+            self._state = "busy" if busy else "idle"
             self._hb_wake.set()
 
     async def _run(self, h: Held) -> None:
+        """Run one fetched job and queue its settle record. Kept lean: this is per job."""
         m = self.metrics
-        s = self.settings
+        counts = m.counts
         try:
             try:
-                env = Envelope.model_validate_json(h.env_raw)
+                env = _validate_envelope(h.env_raw)
             except ValueError as exc:
+                counts["failed"] += 1
+                counts["dead"] += 1
                 self._settle(h, "dead", "malformed-envelope", f"invalid job envelope: {exc}", "")
                 return
-            try:
-                task = lookup(env.task)
-            except UnknownTask as exc:
-                self._settle(h, "dead", "unknown-task", str(exc), "")
-                return
-            max_retries = (
-                env.max_retries
-                if env.max_retries is not None
-                else task.retries
-                if task.retries is not None
-                else s.default_max_retries
-            )
-            timeout = env.timeout or task.timeout or s.default_timeout_seconds
+            task = _TASKS.get(env.task)
+            if task is None:
+                try:
+                    task = lookup(env.task)
+                except UnknownTask as exc:
+                    counts["failed"] += 1
+                    counts["dead"] += 1
+                    log.error("job dead-lettered", extra={"reason": "unknown-task"})
+                    self._settle(h, "dead", "unknown-task", str(exc), "")
+                    return
+            s = self.settings
+            max_retries = env.max_retries
+            if max_retries is None:
+                max_retries = task.retries if task.retries is not None else s.default_max_retries
+            h.timeout = env.timeout or task.timeout or s.default_timeout_seconds
             ctx = JobContext(
-                job_id=h.id,
-                queue=str(self.queue),
-                task=env.task,
-                attempt=h.attempt,
-                max_retries=max_retries,
-                headers=env.headers,
-                enqueued_ms=env.enqueued_at,
-                shutdown=self.shutdown,
+                h.id,
+                self.queue_text,
+                env.task,
+                h.attempt,
+                max_retries,
+                env.headers,
+                env.enqueued_at,
+                self.shutdown,
             )
             h.ctx = ctx
             set_current(ctx)
             now = time.time()
             h.started_ms = int(now * 1000)
-            m.started.inc()
-            m.queue_wait.observe(max(0.0, now - env.enqueued_at / 1000))
+            counts["started"] += 1
+            m.queue_wait.observe(now - env.enqueued_at / 1000)
             t0 = time.perf_counter()
             try:
-                result = await self._invoke(task, env, ctx, timeout)
+                if task.is_async:
+                    self._seq += 1
+                    heapq.heappush(self._deadlines, (t0 + h.timeout, self._seq, h))
+                    result = await task.fn(*env.args, **env.kwargs)
+                elif task.cpu_bound:
+                    result = await self._run_process(task, env, ctx, h.timeout)
+                else:
+                    self._seq += 1
+                    heapq.heappush(self._deadlines, (t0 + h.timeout, self._seq, h))
+                    result = await asyncio.get_running_loop().run_in_executor(
+                        self._threads, _call_in_context, copy_context(), task.fn, env
+                    )
             except asyncio.CancelledError:
-                self._stopped(h)
+                self._stopped(h, task, ctx)
                 return
             except Exception as exc:
                 m.run_time.observe(time.perf_counter() - t0)
@@ -444,90 +469,79 @@ class Worker:
                 return
             m.run_time.observe(time.perf_counter() - t0)
             try:
-                text = json.dumps(result, separators=(",", ":"), allow_nan=False)
+                text = "null" if result is None else _dump_json(result)
             except (TypeError, ValueError) as exc:
-                m.failed_q.inc()
-                m.dead_q.inc()
+                counts["failed"] += 1
+                counts["dead"] += 1
                 error = f"the result of task {env.task!r} is not JSON-serialisable: {exc}"
                 log.error("job dead-lettered", extra={"reason": "result-not-serialisable"})
                 self._settle(h, "dead", "result-not-serialisable", error, "")
                 return
-            m.succeeded.inc()
+            counts["succeeded"] += 1
             if self.draining:
-                m.drain_completed.inc()
+                m.drain["completed"] += 1
             self._settle(h, "ok", text, "", "")
         finally:
             self.running -= 1
+            set_current(None)
             self._dispatch()
 
-    async def _invoke(
+    async def _run_process(
         self, task: Task[Any, Any], env: Envelope, ctx: JobContext, limit: float
     ) -> Any:
-        timeout = limit
-        if task.is_async:
-            try:
-                async with asyncio.timeout(timeout):
-                    return await task.fn(*env.args, **env.kwargs)
-            except TimeoutError:
-                ctx.cancel_event.set()
-                raise JobTimeout(f"task {env.task!r} exceeded its timeout of {timeout} s") from None
-        loop = asyncio.get_running_loop()
-        if task.cpu_bound:
-            assert self._procs is not None
-            fields = {
-                "job_id": ctx.job_id,
-                "queue": ctx.queue,
-                "task": ctx.task,
-                "attempt": ctx.attempt,
-                "max_retries": ctx.max_retries,
-                "headers": ctx.headers,
-                "enqueued_ms": ctx.enqueued_ms,
-            }
-            try:
-                return await self._procs.run(
-                    module=task.fn.__module__,
-                    name=task.task_name,
-                    args=env.args,
-                    kwargs=env.kwargs,
-                    ctx_fields=fields,
-                    time_limit=timeout,
-                )
-            except TimeoutError:
-                raise JobTimeout(
-                    f"task {env.task!r} exceeded its timeout of {timeout} s; its process was killed"
-                ) from None
-        fut = loop.run_in_executor(
-            self._threads, _call_with_kwargs, copy_context(), task.fn, env.args, env.kwargs
-        )
+        assert self._procs is not None
+        fields = {
+            "job_id": ctx.job_id,
+            "queue": ctx.queue,
+            "task": ctx.task,
+            "attempt": ctx.attempt,
+            "max_retries": ctx.max_retries,
+            "headers": ctx.headers,
+            "enqueued_ms": ctx.enqueued_ms,
+        }
         try:
-            return await asyncio.wait_for(fut, timeout)
+            return await self._procs.run(
+                module=task.fn.__module__,
+                name=task.task_name,
+                args=env.args,
+                kwargs=env.kwargs,
+                ctx_fields=fields,
+                time_limit=limit,
+            )
         except TimeoutError:
-            ctx.cancel_event.set()
             raise JobTimeout(
-                f"task {env.task!r} exceeded its timeout of {timeout} s (its thread was "
-                "abandoned; it can stop early by checking current_job().cancel_requested)"
+                f"task {env.task!r} exceeded its timeout of {limit} s; its process was killed"
             ) from None
-        except asyncio.CancelledError:
-            ctx.cancel_event.set()
-            raise
 
-    def _failed(self, h: Held, task: Task[Any, Any], ctx: JobContext, exc: Exception) -> None:
-        m = self.metrics
-        m.failed_q.inc()
+    def _sweep_timeouts(self) -> None:
+        """Cancel async/thread jobs past their timeout (one heap instead of a timer per job)."""
+        heap = self._deadlines
+        now = time.perf_counter()
+        while heap and heap[0][0] <= now:
+            _, _, h = heapq.heappop(heap)
+            runner = h.runner
+            if runner is not None and not runner.done() and not h.stop_reason:
+                h.stop_reason = "timeout"
+                if h.ctx is not None:
+                    h.ctx.request_cancel()
+                runner.cancel()
+
+    def _failed(self, h: Held, task: Task[Any, Any], ctx: JobContext, exc: BaseException) -> None:
+        counts = self.metrics.counts
+        counts["failed"] += 1
         error = f"{type(exc).__name__}: {exc}"
         tb = getattr(exc, "__bgq_remote_traceback__", None) or "".join(
             traceback.format_exception(exc)
         )
         retryable = isinstance(exc, (Retry, JobTimeout, *task.retry_on))
         retry = retryable and h.attempt <= ctx.max_retries
-        reason = "" if retry else "not-retryable" if not retryable else "retries-exhausted"
         if retry:
             s = self.settings
             if isinstance(exc, Retry) and exc.delay is not None:
                 delay = exc.delay
             else:
                 delay = backoff_seconds(h.attempt, s.backoff_base_seconds, s.backoff_max_seconds)
-            m.retried_q.inc()
+            counts["retried"] += 1
             log.warning(
                 "job failed, retrying",
                 extra={"error": error, "retry_in_seconds": round(delay, 3)},
@@ -536,29 +550,38 @@ class Worker:
             self._local_due = min(self._local_due or due, due)
             self._settle(h, "retry", due, error, tb)
         else:
-            m.dead_q.inc()
+            reason = "retries-exhausted" if retryable else "not-retryable"
+            counts["dead"] += 1
             log.error("job dead-lettered", extra={"reason": reason, "error": error})
             self._settle(h, "dead", reason, error, tb)
 
-    def _stopped(self, h: Held) -> None:
+    def _stopped(self, h: Held, task: Task[Any, Any], ctx: JobContext) -> None:
         """The runner was cancelled on purpose; settle according to why."""
-        if h.stop_reason == "cancel":
-            self.metrics.cancelled.inc()
+        reason = h.stop_reason
+        if reason == "timeout":
+            exc = JobTimeout(f"task {ctx.task!r} exceeded its timeout of {h.timeout} s")
+            if not task.is_async:
+                exc = JobTimeout(
+                    f"task {ctx.task!r} exceeded its timeout of {h.timeout} s (its thread was "
+                    "abandoned; it can stop early by checking current_job().cancel_requested)"
+                )
+            self._failed(h, task, ctx, exc)
+        elif reason == "cancel":
+            self.metrics.counts["cancelled"] += 1
             self._settle(h, "cancelled", "", "", "")
-        elif h.stop_reason == "lost":
+        elif reason == "lost":
             if self.held.get(h.id) is h:
                 del self.held[h.id]
         else:  # drain deadline: hand back without consuming a retry
-            self.metrics.drain_released_deadline.inc()
+            self.metrics.drain["released_deadline"] += 1
             self._settle(h, "release", "", "", "")
 
     def _settle(self, h: Held, op: str, a: Any, b: str, c: str) -> None:
         if self.held.get(h.id) is h:
             del self.held[h.id]
-        self._settle_buf += (op, h.id, h.band, h.entry, h.token, a, b, c)
+        self._settle_buf.append((op, h.id, h.band, h.entry, h.token, a, b, c))
         self._settle_wake.set()
         self._settle_idle.clear()
-        self.metrics.in_flight.set(len(self.held))
         self._space.set()
 
     # ---------------------------------------------------------------------------- settle
@@ -574,7 +597,7 @@ class Worker:
         their leases meanwhile: nothing is lost, at worst a job runs again)."""
         delay = 0.1
         while self._settle_buf:
-            chunk = self._settle_buf[: SETTLE_CHUNK * 8]
+            chunk = self._settle_buf[:SETTLE_CHUNK]
             try:
                 res = await SCRIPTS.settle.arun(
                     self.redis,
@@ -584,20 +607,20 @@ class Worker:
                         _now_ms(),
                         self.result_ttl_ms,
                         self.dead_retention_ms,
-                        *chunk,
+                        json.dumps(chunk, separators=(",", ":")),
                     ],
                 )
             except _REDIS_ERRORS as exc:
-                self.metrics.redis_errors.inc()
+                self.metrics.counts["redis_errors"] += 1
                 self._settle_failures += 1
                 log.warning("settle failed, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
             del self._settle_buf[: len(chunk)]
-            stale = len(res) - sum(res)
+            stale = len(res) - 1
             if stale:
-                self.metrics.stale_acks.inc(stale)
+                self.metrics.counts["stale_acks"] += stale
                 log.warning("completions rejected: jobs were reclaimed", extra={"count": stale})
         self._settle_idle.set()
 
@@ -621,7 +644,7 @@ class Worker:
                     await self._renew()
                     next_renew = now + renew_every
             except _REDIS_ERRORS as exc:
-                self.metrics.redis_errors.inc()
+                self.metrics.counts["redis_errors"] += 1
                 log.warning("heartbeat/renewal failed, retrying", extra={"error": str(exc)})
                 next_hb = now + 0.5
             timeout = max(0.01, min(next_hb, next_renew) - time.monotonic())
@@ -645,24 +668,24 @@ class Worker:
                         log.info("cancel requested", extra={"job_id": h.id})
                         self._stop_job(h)
                 else:
-                    self.metrics.leases_lost.inc()
+                    self.metrics.counts["leases_lost"] += 1
                     log.warning("lease lost: job was reclaimed elsewhere", extra={"job_id": h.id})
                     h.stop_reason = "lost"
                     if self.held.get(h.id) is h:
                         del self.held[h.id]
                     self._stop_job(h)
-            self.metrics.renewals.inc(len(part))
+            self.metrics.counts["lease_renewals"] += len(part)
         self._space.set()
 
     def _stop_job(self, h: Held) -> None:
         if h.ctx is not None:
-            h.ctx.cancel_event.set()
+            h.ctx.request_cancel()
         if h.runner is not None:
             h.runner.cancel()
         elif h.stop_reason == "cancel":
             with contextlib.suppress(ValueError):
                 self.backlog.remove(h)
-            self.metrics.cancelled.inc()
+            self.metrics.counts["cancelled"] += 1
             self._settle(h, "cancelled", "", "", "")
         else:
             with contextlib.suppress(ValueError):
@@ -721,7 +744,7 @@ class Worker:
         self.backlog.clear()
         for h in unstarted:
             self._settle(h, "release", "", "", "")
-        m.drain_released_unstarted.inc(len(unstarted))
+        m.drain["released_unstarted"] += len(unstarted)
         await self._flush_now()
         await self._release_orphans(delete_consumer=False)
         if unstarted:
@@ -779,12 +802,17 @@ class Worker:
             log.error("could not hand back orphaned entries", extra={"error": str(exc)})
             return
         if n:
-            self.metrics.drain_released_unstarted.inc(int(n))
+            self.metrics.drain["released_unstarted"] += int(n)
             log.info("handed back entries delivered during shutdown", extra={"count": n})
 
 
-def _call_with_kwargs(ctx: Any, fn: Any, args: list[Any], kwargs: dict[str, Any]) -> Any:
-    return ctx.run(fn, *args, **kwargs)
+def _call_in_context(ctx: Context, fn: Any, env: Envelope) -> Any:
+    """Run a thread task with the job's context variables (current_job, logging)."""
+    return ctx.run(fn, *env.args, **env.kwargs)
+
+
+_dump_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+_validate_envelope = Envelope.model_validate_json
 
 
 # -------------------------------------------------------------------------------- entry point

@@ -82,7 +82,7 @@ async def test_replay_dead_letter_runs_again(start_worker, redis_url):
         # attempt restarts at 1, so flaky fails again once: replay twice
         res = await client.replay_dead(QUEUE)
         assert res.replayed == 1 and res.skipped == 0
-        await await_until(lambda: w.worker.metrics.dead_q._value.get() >= 2, 10, "second death")
+        await await_until(lambda: w.worker.metrics.counts["dead"] >= 2, 10, "second death")
         dead = await client.dead_letters(QUEUE)
         assert len(dead) == 1
         assert (await client.purge_dead(QUEUE)) == 1
@@ -218,8 +218,10 @@ async def test_malformed_entries_and_payloads_dead_letter_and_worker_survives(
     assert not w.task.done()
 
 
-async def test_stale_ack_after_reclaim_is_rejected(redis_url, rdb):
+def test_stale_ack_after_reclaim_is_rejected(redis_url, rdb):
     """Worker A's lease expires, B reclaims the job; A's late completion is rejected."""
+    import json
+
     from bgq.scripts import SCRIPTS
 
     keys = QueueName.parse(QUEUE).keys
@@ -228,30 +230,32 @@ async def test_stale_ack_after_reclaim_is_rejected(redis_url, rdb):
     client = bgq.Client(redis_url)
     job = client.enqueue(QUEUE, "echo", 1)
 
-    def fetch(consumer: str, lease_ms: int):
+    def fetch(consumer: str, lease_ms: int) -> list:
         now = int(time.time() * 1000)
-        return SCRIPTS.fetch.run(rdb, [keys.ready[1]], [keys.prefix, consumer, 10, now, lease_ms,
-                                                       5, 60000, 60000])
+        reply = SCRIPTS.fetch.run(rdb, [keys.ready[1]], [keys.prefix, consumer, 10, now,
+                                                         lease_ms, 5, 60000, 60000])
+        return json.loads(reply[2])
+
+    def settle(*record) -> list:
+        now = int(time.time() * 1000)
+        return SCRIPTS.settle.run(rdb, [keys.ready[1]],
+                                  [keys.prefix, now, 60000, 60000, json.dumps([record])])
 
     a = fetch("A", 100)
-    assert a[1] == 1
-    _, band, entry, token_a = a[2], a[3], a[4], a[5]
-    time.sleep(0.15)
+    assert len(a) == 6
+    _, band, entry, token_a = a[:4]
+    time.sleep(0.15)  # let A's 100 ms lease expire (the condition under test)
     rdb.delete(keys.prefix + ":reclaiming")
     b = fetch("B", 100)
-    assert b[1] == 1 and b[4] == entry and b[5] == token_a + 1
-    now = int(time.time() * 1000)
-    stale = SCRIPTS.settle.run(rdb, [keys.ready[1]], [keys.prefix, now, 60000, 60000,
-                                                     "ok", job.id, band, entry, token_a, "1", "", ""])
-    assert stale == [0]
+    assert b[2] == entry and b[3] == token_a + 1
+    assert settle("ok", job.id, band, entry, token_a, "1", "", "") == [0, 1]  # rejected
     assert client.get(QUEUE, job.id).state is bgq.JobState.RUNNING
-    renew_a = SCRIPTS.renew.run(rdb, [keys.ready[1]], [keys.prefix, "A", job.id, band, entry, token_a])
-    assert renew_a == [0]
-    fresh = SCRIPTS.settle.run(rdb, [keys.ready[1]], [keys.prefix, now, 60000, 60000,
-                                                     "ok", job.id, band, entry, b[5], "2", "", ""])
-    assert fresh == [1]
-    assert client.get(QUEUE, job.id).result == 2
-    assert client.get(QUEUE, job.id).lease_expiries == 1
+    renew = SCRIPTS.renew.run(rdb, [keys.ready[1]],
+                              [keys.prefix, "A", job.id, band, entry, token_a])
+    assert renew == [0]  # A learns it lost the lease
+    assert settle("ok", job.id, band, entry, b[3], "2", "", "") == [1]  # B's completion
+    info = client.get(QUEUE, job.id)
+    assert info.result == 2 and info.lease_expiries == 1
     client.close()
 
 

@@ -11,8 +11,10 @@
 -- ARGV[7]  result TTL ms (dead jobs keep their record this long)
 -- ARGV[8]  dead-letter retention ms
 -- ARGV[9..] adopt pairs: band, entry id (entries already delivered to this consumer)
--- Returns {next_due_ms, n, then n times: job id, band, entry id, token, attempt, envelope}.
--- next_due_ms is the earliest delayed score (-1 when the delayed set is empty).
+-- Returns {next_due_ms, n, jobs, reclaimed}: jobs is a JSON array (a string; "[]" when n is 0) of n*6
+-- values, per job: job id, band, entry id, token, attempt, envelope JSON (one string reply
+-- instead of 6n keeps client-side parsing cheap). next_due_ms is the earliest delayed score
+-- (-1 when the delayed set is empty); reclaimed counts jobs taken over from expired leases.
 local P, consumer = ARGV[1], ARGV[2]
 local want, now = tonumber(ARGV[3]), tonumber(ARGV[4])
 local lease, max_deliveries = tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -71,7 +73,7 @@ local function deliver(band, entry, fields, reclaimed)
     return
   end
   local job = P .. ':job:' .. id
-  local h = redis.call('HMGET', job, 'state', 'env', 'attempt', 'entry')
+  local h = redis.call('HMGET', job, 'state', 'env', 'attempt', 'entry', 'token')
   local state, env, attempt = h[1], h[2], h[3]
   if not env then
     drop(band, entry)
@@ -100,15 +102,15 @@ local function deliver(band, entry, fields, reclaimed)
     drop(band, entry) -- cancelled, already final, or a superseded duplicate entry
     return
   end
-  local token = redis.call('HINCRBY', job, 'token', 1)
+  local token = (tonumber(h[5]) or 0) + 1
   redis.call('HSET', job, 'state', 'running', 'owner', consumer, 'started_ms', now,
-    'entry', entry)
+    'entry', entry, 'token', token)
   n = n + 1
   out[#out + 1] = id
-  out[#out + 1] = band
+  out[#out + 1] = tonumber(band)
   out[#out + 1] = entry
   out[#out + 1] = token
-  out[#out + 1] = attempt
+  out[#out + 1] = tonumber(attempt) or 1
   out[#out + 1] = env
 end
 
@@ -187,6 +189,5 @@ end
 local nd = redis.call('ZRANGE', P .. ':delayed', 0, 0, 'WITHSCORES')
 local next_due = -1
 if #nd == 2 then next_due = tonumber(nd[2]) end
-local res = {next_due, n}
-for i = 1, #out do res[#res + 1] = out[i] end
-return res
+if n == 0 then return {next_due, 0, '[]', reclaimed_count} end
+return {next_due, n, cjson.encode(out), reclaimed_count}

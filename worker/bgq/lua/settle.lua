@@ -5,7 +5,8 @@
 -- ARGV[2]  now ms
 -- ARGV[3]  result TTL ms
 -- ARGV[4]  dead-letter retention ms
--- ARGV[5..] records of 8 fields: op, job id, band, entry id, token, a, b, c
+-- ARGV[5]  JSON array of records, each an array of 8: op, job id, band, entry id, token, a, b, c
+--          (one argument instead of 8 per job keeps the client cheap)
 --   op "ok"        a = result JSON                          -> succeeded
 --   op "retry"     a = due ms, b = error, c = traceback     -> retrying (delayed set), attempt+1
 --   op "dead"      a = reason, b = error, c = traceback     -> dead (dead-letter stream)
@@ -13,12 +14,13 @@
 --   op "cancelled" the job observed a cancel request        -> cancelled
 -- A record is applied only if the job's hash still has this token and state "running": a
 -- worker whose lease expired and whose job was reclaimed elsewhere cannot settle it.
--- Returns one integer per record: 1 applied, 0 rejected (stale).
+-- Returns {applied count, then the 1-based indexes of rejected (stale) records}.
 local P, now = ARGV[1], tonumber(ARGV[2])
 local ttl, dead_retention = tonumber(ARGV[3]), tonumber(ARGV[4])
 local G = 'workers'
 local acks = {{}, {}, {}}
-local res = {}
+local stale = {}
+local applied = 0
 local counts = {succeeded = 0, retried = 0, dead = 0, released = 0, cancelled = 0, stale = 0}
 
 local function release_unique(job, id, uniq, uniq_ttl)
@@ -36,35 +38,39 @@ local function notify(id, w, state)
   end
 end
 
-for i = 5, #ARGV, 8 do
-  local op, id, band, entry, token = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+local records = cjson.decode(ARGV[5])
+for r = 1, #records do
+  local rec = records[r]
+  local op, id, band, entry = rec[1], rec[2], tostring(rec[3]), rec[4]
+  local token = tostring(rec[5])
+  local A, B, C = rec[6], rec[7], rec[8]
   local job = P .. ':job:' .. id
   local h = redis.call('HMGET', job, 'token', 'state', 'uniq', 'uniq_ttl', 'w', 'env', 'entry')
   if h[1] ~= token or h[2] ~= 'running' or h[7] ~= entry then
-    res[#res + 1] = 0
+    stale[#stale + 1] = r
     counts.stale = counts.stale + 1
   else
-    res[#res + 1] = 1
+    applied = applied + 1
     local a = acks[tonumber(band) + 1]
     a[#a + 1] = entry
     if op == 'ok' then
-      redis.call('HSET', job, 'state', 'succeeded', 'result', ARGV[i + 5], 'finished_ms', now)
+      redis.call('HSET', job, 'state', 'succeeded', 'result', A, 'finished_ms', now)
       redis.call('PEXPIRE', job, ttl)
       release_unique(job, id, h[3], h[4])
       notify(id, h[5], 'succeeded')
       counts.succeeded = counts.succeeded + 1
     elseif op == 'retry' then
-      redis.call('HSET', job, 'state', 'retrying', 'error', ARGV[i + 6],
-        'traceback', ARGV[i + 7], 'entry', '', 'owner', '')
+      redis.call('HSET', job, 'state', 'retrying', 'error', B,
+        'traceback', C, 'entry', '', 'owner', '')
       redis.call('HINCRBY', job, 'attempt', 1)
-      redis.call('ZADD', P .. ':delayed', tonumber(ARGV[i + 5]), id)
+      redis.call('ZADD', P .. ':delayed', tonumber(A), id)
       counts.retried = counts.retried + 1
     elseif op == 'dead' then
       redis.call('XADD', P .. ':dead', 'MINID', '~', tostring(now - dead_retention), '*',
-        'id', id, 'reason', ARGV[i + 5], 'error', ARGV[i + 6], 'traceback', ARGV[i + 7],
+        'id', id, 'reason', A, 'error', B, 'traceback', C,
         'env', h[6] or '', 'dead_ms', now)
-      redis.call('HSET', job, 'state', 'dead', 'reason', ARGV[i + 5], 'error', ARGV[i + 6],
-        'traceback', ARGV[i + 7], 'finished_ms', now)
+      redis.call('HSET', job, 'state', 'dead', 'reason', A, 'error', B,
+        'traceback', C, 'finished_ms', now)
       redis.call('PEXPIRE', job, ttl)
       release_unique(job, id, h[3], h[4])
       notify(id, h[5], 'dead')
@@ -95,4 +101,6 @@ end
 for k, v in pairs(counts) do
   if v > 0 then redis.call('HINCRBY', P .. ':stats', k, v) end
 end
+local res = {applied}
+for i = 1, #stale do res[#res + 1] = stale[i] end
 return res

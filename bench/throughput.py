@@ -1,0 +1,207 @@
+"""bgq throughput benchmark: no-op jobs/s enqueued (single and bulk) and processed by ONE worker
+process, with Redis round trips and Redis commands per job.
+
+    .venv/bin/python bench/throughput.py                 # starts its own redis-server
+    .venv/bin/python bench/throughput.py --redis-url redis://127.0.0.1:6379/15 --jobs 50000
+
+Round trips are counted in-process by wrapping redis-py's ``send_packed_command`` (a pipeline
+is one round trip); Redis commands come from ``INFO stats total_commands_processed`` (includes
+commands run inside Lua). The worker runs in this process (it is the "one worker process"); the
+job is an ``async def`` that does nothing. WARNING: the queue's keys are deleted first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+import redis.asyncio.connection
+import redis.connection
+
+import bgq
+from bgq.protocol import QueueName
+from bgq.settings import Settings
+from bgq.worker import Worker
+
+QUEUE = "bench/throughput"
+
+
+@bgq.task(name="bench_noop")
+async def bench_noop() -> None:
+    """The benchmarked job: nothing."""
+
+
+class RoundTrips:
+    """Counts round trips of the sync and asyncio redis-py connections."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._saved: list[tuple[type, Any]] = []
+
+    def install(self) -> None:
+        counter = self
+        sync_cls = redis.connection.AbstractConnection
+        async_cls = redis.asyncio.connection.AbstractConnection
+        sync_orig = sync_cls.send_packed_command
+        async_orig = async_cls.send_packed_command
+
+        def sync_send(self: Any, *a: Any, **k: Any) -> Any:
+            counter.count += 1
+            return sync_orig(self, *a, **k)
+
+        async def async_send(self: Any, *a: Any, **k: Any) -> Any:
+            counter.count += 1
+            return await async_orig(self, *a, **k)
+
+        self._saved = [(sync_cls, sync_orig), (async_cls, async_orig)]
+        sync_cls.send_packed_command = sync_send  # type: ignore[method-assign]
+        async_cls.send_packed_command = async_send  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """A throwaway redis-server on a free port (no persistence)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        sys.exit("redis-server not found: install it or pass --redis-url")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    workdir = tempfile.mkdtemp(prefix="bgq-bench-")
+    proc = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+         "--dir", workdir],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > deadline:
+                    sys.exit("redis-server did not start")
+                time.sleep(0.02)
+        yield url
+    finally:
+        client.close()
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def commands(r: redis.Redis) -> int:
+    return int(r.info("stats")["total_commands_processed"])
+
+
+def clear(r: redis.Redis) -> None:
+    keys = QueueName.parse(QUEUE).keys
+    for k in r.scan_iter(match=f"{keys.prefix}*", count=1000):
+        r.delete(k)
+
+
+def bench_enqueue(url: str, n: int, rt: RoundTrips) -> dict[str, float]:
+    r = redis.Redis.from_url(url)
+    out: dict[str, float] = {}
+    with bgq.Client(url) as client:
+        clear(r)
+        client.enqueue(QUEUE, "bench_noop")  # warm up (script load, connection)
+        c0, rt0, t0 = commands(r), rt.count, time.perf_counter()
+        for _ in range(n):
+            client.enqueue(QUEUE, "bench_noop")
+        dt = time.perf_counter() - t0
+        out["enqueue_single_per_s"] = n / dt
+        out["enqueue_single_rt_per_job"] = (rt.count - rt0) / n
+        out["enqueue_single_cmds_per_job"] = (commands(r) - c0 - 1) / n
+        clear(r)
+        c0, rt0, t0 = commands(r), rt.count, time.perf_counter()
+        client.enqueue_many(QUEUE, (bgq.JobSpec("bench_noop") for _ in range(n)))
+        dt = time.perf_counter() - t0
+        out["enqueue_bulk_per_s"] = n / dt
+        out["enqueue_bulk_rt_per_job"] = (rt.count - rt0) / n
+    r.close()
+    return out
+
+
+async def bench_process(url: str, n: int, concurrency: int, rt: RoundTrips) -> dict[str, float]:
+    r = redis.Redis.from_url(url)
+    clear(r)
+    with bgq.Client(url) as client:
+        client.enqueue_many(QUEUE, (bgq.JobSpec("bench_noop") for _ in range(n)))
+    settings = Settings(
+        redis_url=url, queue=QUEUE, concurrency=concurrency, http_port=0, pod_name="bench"
+    )
+    worker = Worker(settings, QueueName.parse(QUEUE))
+    counts = worker.metrics.counts
+    c0 = commands(r)
+    rt0 = rt.count
+    t0 = time.perf_counter()
+    task = asyncio.create_task(worker.run())
+    while counts["succeeded"] < n or worker._settle_buf or not worker._settle_idle.is_set():
+        await asyncio.sleep(0.002)
+        if task.done():
+            task.result()
+            raise SystemExit("worker stopped early")
+    dt = time.perf_counter() - t0
+    rts = rt.count - rt0
+    cmds = commands(r) - c0 - 1
+    worker.request_stop()
+    await task
+    keys = QueueName.parse(QUEUE).keys
+    done = int(r.hget(keys.stats, "succeeded") or 0)
+    r.close()
+    if done != n:
+        raise SystemExit(f"only {done} of {n} jobs recorded as succeeded")
+    return {
+        "process_per_s": n / dt,
+        "process_rt_per_job": rts / n,
+        "process_cmds_per_job": cmds / n,
+        "process_seconds": dt,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--redis-url", help="use this Redis (default: start a private redis-server)")
+    p.add_argument("--jobs", type=int, default=20_000, help="jobs processed (default 20000)")
+    p.add_argument("--enqueue-jobs", type=int, default=5_000, help="jobs for the enqueue runs")
+    p.add_argument("--concurrency", type=int, default=200, help="worker slots (default 200)")
+    args = p.parse_args(argv)
+    rt = RoundTrips()
+    rt.install()
+    with contextlib.ExitStack() as stack:
+        url = args.redis_url or stack.enter_context(redis_server())
+        results = bench_enqueue(url, args.enqueue_jobs, rt)
+        results.update(asyncio.run(bench_process(url, args.jobs, args.concurrency, rt)))
+        clear(redis.Redis.from_url(url))
+    print(f"bgq {bgq.__version__} throughput (python {sys.version.split()[0]}, "
+          f"{os.cpu_count()} CPUs, redis at {'given URL' if args.redis_url else 'local'})")
+    print(f"  enqueue, one call per job : {results['enqueue_single_per_s']:>9,.0f} jobs/s  "
+          f"{results['enqueue_single_rt_per_job']:.2f} round trips/job  "
+          f"{results['enqueue_single_cmds_per_job']:.2f} redis cmds/job")
+    print(f"  enqueue_many (pipelined)  : {results['enqueue_bulk_per_s']:>9,.0f} jobs/s  "
+          f"{results['enqueue_bulk_rt_per_job']:.3f} round trips/job")
+    print(f"  processed, 1 worker proc  : {results['process_per_s']:>9,.0f} jobs/s  "
+          f"{results['process_rt_per_job']:.3f} round trips/job  "
+          f"{results['process_cmds_per_job']:.2f} redis cmds/job  "
+          f"({args.jobs} no-op jobs, concurrency {args.concurrency}, "
+          f"{results['process_seconds']:.2f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
