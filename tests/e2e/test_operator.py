@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from tests.conftest import free_port
 from tests.e2e.kube import Cluster, HostRedis
@@ -184,6 +185,14 @@ def test_queue_lifecycle(
     assert condition(obj, "RedisReachable")["status"] == "True"  # type: ignore[index]
     printed = cluster.kubectl("get", "bgq", name, "-n", namespace).stdout
     assert "READY" in printed and "BACKLOG" in printed
+
+    # operator health and metrics
+    assert httpx.get(f"{operator}/healthz", timeout=5).text == "ok\n"
+    scrape = httpx.get(f"{operator}/metrics", timeout=5).text
+    labels = f'namespace="{namespace}",queue="{name}"'
+    assert f"bgq_operator_desired_replicas{{{labels}}}" in scrape
+    assert f'bgq_operator_scale_events_total{{direction="up",{labels}}} 1.0' in scrape
+    assert "bgq_operator_decision_seconds_count" in scrape
 
     # 5. drift on the Deployment is put back, replicas untouched
     cluster.kubectl("set", "env", f"deployment/bgq-{name}", "-n", namespace, "HACK=1")
