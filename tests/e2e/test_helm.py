@@ -218,6 +218,7 @@ def test_helm_install_example_queue_helm_test_uninstall(
     try:
         wait_operator_ready(cluster, namespace)
         run_example_and_helm_test(cluster, cluster_redis, worker_image, namespace)
+        metrics_service_serves_the_operator_metrics(cluster, namespace, worker_image)
         upgrade_replaces_the_operator(cluster, namespace)
     except BaseException:
         for pod in cluster.pods(namespace, "app.kubernetes.io/component=operator"):
@@ -242,6 +243,47 @@ def test_helm_install_example_queue_helm_test_uninstall(
     )
     # the CRD stays (documented): the other installations and their queues rely on it
     assert cluster.kubectl("get", "crd", CRD_NAME, check=False).returncode == 0
+
+
+def metrics_service_serves_the_operator_metrics(
+    cluster: Cluster, namespace: str, worker_image: str
+) -> None:
+    """The chart's metrics Service reaches the operator's /metrics from another pod (through
+    kube-proxy; by ClusterIP, the test cluster has no DNS). Python from the worker image does
+    the GET: the static busybox's wget crashes (SIGSEGV) on this node."""
+    service = cluster.get_json("service", f"{RELEASE}-metrics", "-n", namespace)
+    ip, port = service["spec"]["clusterIP"], service["spec"]["ports"][0]["port"]
+    get = (
+        "import sys, urllib.request; "
+        "print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"
+    )
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "scrape", "namespace": namespace},
+        "spec": {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "get",
+                    "image": worker_image,
+                    "imagePullPolicy": "Never",
+                    "command": ["python3", "-c", get, f"http://{ip}:{port}/metrics"],
+                    "securityContext": RESTRICTED_CONTAINER,
+                }
+            ],
+        },
+    }
+    cluster.apply(pod)
+    finished = cluster.wait_for(
+        lambda: pod_finished(cluster, namespace, "scrape"), 60, "the metrics scrape pod"
+    )
+    body = cluster.logs(namespace, "scrape")
+    assert finished["status"]["phase"] == "Succeeded", body
+    assert "bgq_operator_reconciles_total" in body, body[:2000]
+    cluster.kubectl("delete", "pod", "scrape", "-n", namespace, "--wait=false")
 
 
 def upgrade_replaces_the_operator(cluster: Cluster, namespace: str) -> None:
