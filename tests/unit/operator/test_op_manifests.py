@@ -184,7 +184,9 @@ def test_grace_period_follows_drain_budget() -> None:
 
 
 def test_user_pod_fields_are_passed_through() -> None:
-    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}
+    affinity: dict[str, Any] = {
+        "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}
+    }
     dep = deploy(
         {
             "worker.command": ["python", "-m", "bgq"],
