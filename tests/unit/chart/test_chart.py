@@ -3,7 +3,9 @@ schema, the templated CRD and the helm test hook, each against real `helm templa
 
 from __future__ import annotations
 
+import json
 import shutil
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -420,3 +422,42 @@ def test_notes_tell_the_next_command(render: Render, tmp_path: Path) -> None:
     assert "redis://bgq-redis.bgq-system.svc:6379/0" in notes
     assert "NOT FOR PRODUCTION" in notes
     assert "set tests.redisUrl=" not in notes
+
+
+# -- values, schema and versions
+
+
+def schema_paths(schema: dict[str, Any], prefix: str = "") -> set[str]:
+    """Dotted paths of every property the schema declares (free-form maps are leaves)."""
+    paths = set()
+    for key, sub in schema.get("properties", {}).items():
+        path = f"{prefix}{key}"
+        paths.add(path)
+        if sub.get("type") == "object" and "properties" in sub:
+            paths |= schema_paths(sub, f"{path}.")
+    return paths
+
+
+def value_paths(values: dict[str, Any], prefix: str = "") -> set[str]:
+    paths = set()
+    for key, sub in values.items():
+        path = f"{prefix}{key}"
+        paths.add(path)
+        if isinstance(sub, dict) and sub:
+            paths |= value_paths(sub, f"{path}.")
+    return paths
+
+
+def test_every_schema_property_has_a_documented_default_in_values_yaml() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    declared = schema_paths(schema) - {"global"}
+    defaults = value_paths(values)
+    # every declared knob has a default users can read; maps like resources.requests are free
+    missing = {p for p in declared - defaults if not p.endswith(".claims")}
+    assert not missing, f"in values.schema.json but not in values.yaml: {sorted(missing)}"
+
+
+def test_app_version_is_the_project_version() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"] == project
