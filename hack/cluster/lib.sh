@@ -89,6 +89,13 @@ wait_until() {
   done
 }
 
+# The cluster DNS (hack/cluster/dns.py) on the host's pod-bridge address; pods use it via the
+# kubelet's clusterDNS. Idempotent.
+start_dns() {
+  start dns python3 "$BGQ_ROOT/hack/cluster/dns.py" --listen "$BRIDGE_IP" \
+    --api "https://$NODE_IP:$API_PORT" --pki "$RUN_DIR/pki" --domain cluster.local
+}
+
 kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
 api_ready() { curl -sf --max-time 2 --cacert "$RUN_DIR/pki/ca.crt" --cert "$RUN_DIR/pki/admin.crt" --key "$RUN_DIR/pki/admin.key" "https://$NODE_IP:$API_PORT/readyz" >/dev/null; }
 node_ready() {

@@ -79,6 +79,41 @@ def test_pod_reaches_host_redis_and_api_service(cluster: Cluster, cluster_redis:
     assert "api-reachable" in logs
 
 
+def test_service_dns_and_clusterip_to_pod(cluster: Cluster, worker_image: str,
+                                          namespace: str) -> None:
+    """Cluster DNS resolves Service names (short, ns.svc, FQDN); a ClusterIP reaches its pod."""
+    cluster.apply([
+        busybox_deployment(cluster, "echo", "nc -ll -p 8080 -e echo hello-from-echo", grace=1),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "echo"},
+         "spec": {"selector": {"app": "echo"}, "ports": [{"port": 80, "targetPort": 8080}]}},
+    ], namespace=namespace)
+    cluster.wait_pods_running(namespace, "app=echo", 1)
+    code = (
+        "import json, socket\n"
+        f"names = ['echo', 'echo.{namespace}.svc', 'echo.{namespace}.svc.cluster.local',\n"
+        "         'kubernetes.default']\n"
+        "ips = {n: socket.gethostbyname(n) for n in names}\n"
+        "with socket.create_connection(('echo', 80), timeout=5) as s:\n"
+        "    reply = s.makefile().readline().strip()\n"
+        "print(json.dumps({'ips': ips, 'reply': reply}))\n"
+    )
+    cluster.apply({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "client"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "py", "image": worker_image, "imagePullPolicy": NEVER,
+            "command": ["python3", "-c", code]}]},
+    }, namespace=namespace)
+    phase = wait_pod_done(cluster, namespace, "client")
+    logs = cluster.logs(namespace, "client")
+    assert phase == "Succeeded", logs
+    result = json.loads(logs.strip().splitlines()[-1])
+    cluster_ip = cluster.get_json("service", "echo", "-n", namespace)["spec"]["clusterIP"]
+    assert set(list(result["ips"].values())[:3]) == {cluster_ip}
+    api_ip = cluster.get_json("service", "kubernetes", "-n", "default")["spec"]["clusterIP"]
+    assert result["ips"]["kubernetes.default"] == api_ip
+    assert result["reply"] == "hello-from-echo"
+
+
 def test_scale_down_sends_sigterm(cluster: Cluster, namespace: str) -> None:
     """A pod that handles SIGTERM exits at once on scale-down (well before its grace period)."""
     script = "trap 'echo got-sigterm; exit 0' TERM; while true; do sleep 0.2 & wait; done"
