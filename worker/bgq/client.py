@@ -175,12 +175,12 @@ def new_traceparent() -> str:
 def _jsonable_culprit(task: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> str:
     for i, a in enumerate(args):
         try:
-            json.dumps(a)
+            json.dumps(a, allow_nan=False)
         except (TypeError, ValueError) as exc:
             return f"argument {i} ({type(a).__name__}) of task {task!r}: {exc}"
     for k, v in kwargs.items():
         try:
-            json.dumps(v)
+            json.dumps(v, allow_nan=False)
         except (TypeError, ValueError) as exc:
             return f"keyword argument {k!r} ({type(v).__name__}) of task {task!r}: {exc}"
     return f"the arguments of task {task!r}"
