@@ -22,7 +22,7 @@ from bgq_operator.kube import ConflictError, Kube
 from bgq_operator.manifests import LABEL_MANAGED_BY, LABEL_QUEUE, MANAGED_BY
 from bgq_operator.reconcile import Context, forget, reconcile
 from bgq_operator.spec import GROUP, PLURAL, VERSION
-from bgq_operator.state import DeploymentView
+from bgq_operator.state import DeploymentView, QueueState
 
 log = logging.getLogger("bgq_operator.handlers")
 
@@ -107,17 +107,43 @@ async def _resync_forever(ctx: Context) -> None:
             await _reconcile_from_state(ctx, state.namespace, state.name)
 
 
+def adopt_status(state: QueueState, status: dict[str, Any]) -> None:
+    """Continue from the status a previous operator run wrote (first sight of an object).
+
+    Keeps conditions' lastTransitionTime across restarts, avoids re-posting events for states
+    that are not new, and gives the autoscaler its memory back (no early scale-down).
+    """
+    if not status:
+        return
+    state.last_status = status
+    state.conditions = list(status.get("conditions") or [])
+    scaling = dict(status.get("scaling") or {})
+    state.memory = dict(scaling.pop("memory", None) or {})
+    state.scaling = scaling
+    if status.get("queue"):
+        state.queue = {k: v for k, v in status["queue"].items() if k != "name"}
+
+
 @kopf.on.resume(GROUP, VERSION, PLURAL)
 @kopf.on.create(GROUP, VERSION, PLURAL)
 @kopf.on.update(GROUP, VERSION, PLURAL, field="spec")
 async def reconcile_handler(
-    name: str, namespace: str | None, uid: str, meta: kopf.Meta, spec: kopf.Spec, **_: Any
+    *,
+    name: str,
+    namespace: str | None,
+    uid: str,
+    meta: kopf.Meta,
+    spec: kopf.Spec,
+    status: kopf.Status,
+    **_: Any,
 ) -> None:
     """Create, resume and spec updates all run the same reconcile. Returns None on purpose."""
     ctx = _ctx()
     assert namespace is not None  # the CRD is namespaced
     state = ctx.registry.get(namespace, name)
     state.raw_spec = dict(spec)
+    if state.last_status is None:
+        adopt_status(state, dict(status))
     try:
         await reconcile(
             ctx, namespace=namespace, name=name, uid=uid,

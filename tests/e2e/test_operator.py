@@ -62,28 +62,44 @@ def crd(cluster: Cluster) -> None:
                     "crd/backgroundqueues.bgq.dev")  # fmt: skip
 
 
+class OperatorProcess:
+    """``python -m bgq_operator`` on the host, watching one namespace."""
+
+    def __init__(self, cluster: Cluster, namespace: str, log_path: Path) -> None:
+        self.port = free_port()
+        self.log_path = log_path
+        self._log = log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bgq_operator", "--namespace", namespace,
+             "--http-host", "127.0.0.1", "--http-port", str(self.port)],
+            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "BGQ_LOG_LEVEL": "INFO"},
+            stdout=self._log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
 @pytest.fixture
 def operator(cluster: Cluster, crd: None, namespace: str, tmp_path: Path) -> Iterator[str]:
     """The operator as a host process watching only the test namespace; yields its base URL."""
-    port = free_port()
-    log = (tmp_path / "operator.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bgq_operator", "--namespace", namespace,
-         "--http-host", "127.0.0.1", "--http-port", str(port)],
-        env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "BGQ_LOG_LEVEL": "INFO"},
-        stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    op = OperatorProcess(cluster, namespace, tmp_path / "operator.log")
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield op.url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
-        sys.stderr.write((tmp_path / "operator.log").read_text(errors="replace")[-4000:])
+        op.stop()
+        sys.stderr.write(op.log_path.read_text(errors="replace")[-4000:])
 
 
 def get_queue(cluster: Cluster, namespace: str, name: str) -> dict[str, Any]:
@@ -257,3 +273,68 @@ def test_kubectl_scale_when_autoscaling_is_off_and_explain(
     assert obj["spec"]["replicas"] == 1
     explained = cluster.kubectl("explain", "backgroundqueue.spec.scaling").stdout
     assert "minReplicas" in explained and "Fewest worker pods" in explained
+
+
+def test_restart_keeps_conditions_and_delete_works_while_the_operator_is_down(
+    cluster: Cluster,
+    cluster_redis: HostRedis,
+    worker_image: str,
+    crd: None,
+    namespace: str,
+    tmp_path: Path,
+) -> None:
+    name = "sturdy"
+    log = tmp_path / "operator.log"
+    first = OperatorProcess(cluster, namespace, log)
+    try:
+        cluster.apply(queue_manifest(name, worker_image, cluster_redis.url_for_pods), namespace)
+        ready = cluster.wait_for(
+            lambda: (c := condition(get_queue(cluster, namespace, name), "Ready"))
+            and c["status"] == "True" and c,
+            30, "Ready=True",
+        )  # fmt: skip
+    finally:
+        first.stop()
+
+    second = OperatorProcess(cluster, namespace, log)
+    try:
+        cluster.kubectl("patch", "backgroundqueue", name, "-n", namespace, "--type=merge",
+                        "-p", '{"spec":{"worker":{"concurrency":3}}}')  # fmt: skip
+        cluster.wait_for(
+            lambda: "BGQ_CONCURRENCY" in (out := cluster.kubectl(
+                "get", "deployment", f"bgq-{name}", "-n", namespace, "-o",
+                "jsonpath={.spec.template.spec.containers[0].env[?(@.name=='BGQ_CONCURRENCY')]}",
+            ).stdout) and '"3"' in out,
+            30, "the restarted operator to apply a spec change",
+        )  # fmt: skip
+        obj = cluster.wait_for(
+            lambda: (o := get_queue(cluster, namespace, name))["status"]["observedGeneration"]
+            == o["metadata"]["generation"] and o,
+            30, "status of the new generation",
+        )  # fmt: skip
+        after = condition(obj, "Ready")
+        assert after is not None and after["status"] == "True"
+        assert after["lastTransitionTime"] == ready["lastTransitionTime"]
+        events = cluster.kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            f"involvedObject.name={name},reason=Ready",
+            "-o",
+            "name",
+        ).stdout
+        assert len(events.split()) == 1, f"one Ready event across the restart: {events}"
+    finally:
+        second.stop()
+        sys.stderr.write(log.read_text(errors="replace")[-3000:])
+
+    # the operator is down: deletion must not hang on a finalizer; GC removes the workers
+    assert not get_queue(cluster, namespace, name)["metadata"].get("finalizers")
+    cluster.kubectl("delete", "backgroundqueue", name, "-n", namespace, "--timeout=15s")
+    cluster.wait_for(
+        lambda: cluster.kubectl("get", "deployment", f"bgq-{name}", "-n", namespace,
+                                check=False).returncode != 0,
+        60, "the Deployment to be garbage-collected with the operator down",
+    )  # fmt: skip
