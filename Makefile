@@ -19,8 +19,10 @@ lint: deps
 	$(VENV)/bin/ruff check worker operator tests bench
 	$(VENV)/bin/mypy
 
+# The CRD is generated from the pydantic spec; the chart ships a copy (tests fail on drift).
 crds: deps
 	$(PY) -m bgq_operator.crdgen --write
+	cp crds/backgroundqueues.bgq.dev.yaml charts/bgq/files/crds/backgroundqueues.bgq.dev.yaml
 
 # Everything: lint, unit, integration (real redis-server), e2e (real Kubernetes cluster).
 test: lint
