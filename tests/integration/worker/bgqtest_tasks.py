@@ -15,14 +15,14 @@ import redis
 
 import bgq
 
-_sync: redis.Redis | None = None
+_clients: dict[str, redis.Redis] = {}
 
 
 def _r() -> redis.Redis:
-    global _sync
-    if _sync is None:
-        _sync = redis.Redis.from_url(os.environ["BGQ_TEST_REDIS_URL"], decode_responses=True)
-    return _sync
+    url = os.environ["BGQ_TEST_REDIS_URL"]
+    if url not in _clients:
+        _clients[url] = redis.Redis.from_url(url, decode_responses=True)
+    return _clients[url]
 
 
 def note(key: str, value: str) -> None:
@@ -70,13 +70,13 @@ async def flaky(key: str, failures: int) -> int:
     return job.attempt
 
 
-class Permanent(Exception):
+class PermanentError(Exception):
     pass
 
 
 @bgq.task(retries=5, retry_on=(RuntimeError,))
 async def picky() -> None:
-    raise Permanent("not worth retrying")
+    raise PermanentError("not worth retrying")
 
 
 @bgq.task(retries=1, timeout=0.3)

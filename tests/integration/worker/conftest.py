@@ -38,15 +38,15 @@ def wait_until(cond: Callable[[], Any], timeout: float, what: str, step: float =
         time.sleep(step)
 
 
-async def await_until(cond: Callable[[], Any], timeout: float, what: str) -> Any:
+async def await_until(cond: Callable[[], Any], seconds: float, what: str) -> Any:
     """Async twin of :func:`wait_until`."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + seconds
     while True:
         value = cond()
         if value:
             return value
         if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+            pytest.fail(f"timed out after {seconds} s waiting for {what}")
         await asyncio.sleep(0.02)
 
 
@@ -91,10 +91,10 @@ class InProcessWorker:
         await await_until(lambda: self.worker.ready, 10, "the worker to connect")
         return self
 
-    async def stop(self, timeout: float = 30) -> int:
+    async def stop(self, seconds: float = 30) -> int:
         self.worker.request_stop()
         assert self.task is not None
-        return await asyncio.wait_for(self.task, timeout)
+        return await asyncio.wait_for(self.task, seconds)
 
 
 @pytest.fixture
@@ -172,7 +172,8 @@ def spawn_worker(redis_url: str, rdb: redis.Redis, tmp_path: Path) -> Iterator[C
     procs: list[WorkerProcess] = []
 
     def spawn(name: str = "p", url: str | None = None, **env: Any) -> WorkerProcess:
-        p = WorkerProcess(url or redis_url, f"{name}{len(procs)}", tmp_path / f"{name}{len(procs)}.log", **env)
+        label = f"{name}{len(procs)}"
+        p = WorkerProcess(url or redis_url, label, tmp_path / f"{label}.log", **env)
         procs.append(p)
         return p
 
@@ -184,4 +185,5 @@ def spawn_worker(redis_url: str, rdb: redis.Redis, tmp_path: Path) -> Iterator[C
 def worker_alive(rdb: redis.Redis, pod_prefix: str = "") -> list[str]:
     """Consumers with a live heartbeat record."""
     keys = QueueName.parse(QUEUE).keys
-    return [c for c in rdb.zrange(keys.workers, 0, -1) if c.startswith(pod_prefix) and rdb.exists(keys.worker(c))]
+    members = rdb.zrange(keys.workers, 0, -1)
+    return [c for c in members if c.startswith(pod_prefix) and rdb.exists(keys.worker(c))]

@@ -3,8 +3,10 @@ timeouts, cancel, unique jobs, malformed entries."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 
+import pytest
 import redis
 
 import bgq
@@ -43,13 +45,12 @@ async def test_exhausted_retries_dead_letter_with_traceback(start_worker, redis_
     await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue_with(QUEUE, "flaky", args=["fx", 99], retries=1)
-        try:
+        with pytest.raises(bgq.JobFailed) as caught:
             await client.wait(QUEUE, job.id, timeout=10)
-            raise AssertionError("expected JobFailed")
-        except bgq.JobFailed as exc:
-            assert exc.reason == "retries-exhausted"
-            assert "attempt 2 fails" in exc.error
-            assert "RuntimeError" in exc.traceback
+        exc = caught.value
+        assert exc.reason == "retries-exhausted"
+        assert "attempt 2 fails" in exc.error
+        assert "RuntimeError" in exc.traceback
         info = await client.get(QUEUE, job.id)
         assert info.state is bgq.JobState.DEAD and info.attempt == 2
         dead = await client.dead_letters(QUEUE)
@@ -62,11 +63,10 @@ async def test_non_retryable_exception_goes_dead_at_once(start_worker, redis_url
     await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue(QUEUE, "picky")
-        try:
+        with pytest.raises(bgq.JobFailed) as caught:
             await client.wait(QUEUE, job.id, timeout=10)
-            raise AssertionError("expected JobFailed")
-        except bgq.JobFailed as exc:
-            assert exc.reason == "not-retryable"
+        exc = caught.value
+        assert exc.reason == "not-retryable"
         assert (await client.get(QUEUE, job.id)).attempt == 1
 
 
@@ -74,10 +74,8 @@ async def test_replay_dead_letter_runs_again(start_worker, redis_url):
     w = await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue_with(QUEUE, "flaky", args=["rp", 1], retries=0)
-        try:
+        with contextlib.suppress(bgq.JobFailed):
             await client.wait(QUEUE, job.id, timeout=10)
-        except bgq.JobFailed:
-            pass
         assert (await client.stats(QUEUE)).dead == 1
         # attempt restarts at 1, so flaky fails again once: replay twice
         res = await client.replay_dead(QUEUE)
@@ -93,11 +91,10 @@ async def test_async_timeout_cancels_and_retries_then_dead(start_worker, redis_u
     await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue(QUEUE, "slow_async", "to")
-        try:
+        with pytest.raises(bgq.JobFailed) as caught:
             await client.wait(QUEUE, job.id, timeout=10)
-            raise AssertionError("expected JobFailed")
-        except bgq.JobFailed as exc:
-            assert "JobTimeout" in exc.error and exc.reason == "retries-exhausted"
+        exc = caught.value
+        assert "JobTimeout" in exc.error and exc.reason == "retries-exhausted"
     assert rdb.lrange("bgqtest:to", 0, -1) == ["cancelled", "cancelled"]
 
 
@@ -106,11 +103,10 @@ async def test_process_task_hard_timeout_kills_child(start_worker, redis_url, rd
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue(QUEUE, "cpu_forever", "cf")
         t0 = time.monotonic()
-        try:
+        with pytest.raises(bgq.JobFailed) as caught:
             await client.wait(QUEUE, job.id, timeout=20)
-            raise AssertionError("expected JobFailed")
-        except bgq.JobFailed as exc:
-            assert "killed" in exc.error
+        exc = caught.value
+        assert "killed" in exc.error
         assert time.monotonic() - t0 < 10
     pid = int(rdb.lrange("bgqtest:cf", 0, -1)[0].split(":")[1])
     await await_until(lambda: not _alive(pid), 5, "the child process to be gone")
@@ -134,20 +130,14 @@ async def test_cancel_queued_and_running(start_worker, redis_url, rdb):
     async with bgq.AsyncClient(redis_url) as client:
         queued = await client.enqueue_with(QUEUE, "echo", args=[1], delay=30)
         assert await client.cancel(QUEUE, queued.id) == "cancelled"
-        try:
+        with pytest.raises(bgq.JobCancelled):
             await client.wait(QUEUE, queued.id, timeout=1)
-            raise AssertionError("expected JobCancelled")
-        except bgq.JobCancelled:
-            pass
         await start_worker(lease_seconds=0.6)
         running = await client.enqueue(QUEUE, "sleepy", 30, "cx")
         await await_until(lambda: rdb.llen("bgqtest:cx") == 1, 10, "the job to start")
         assert await client.cancel(QUEUE, running.id) == "cancelling"
-        try:
+        with pytest.raises(bgq.JobCancelled):
             await client.wait(QUEUE, running.id, timeout=5)
-            raise AssertionError("expected JobCancelled")
-        except bgq.JobCancelled:
-            pass
         assert await client.cancel(QUEUE, running.id) == "cancelled"
 
 
@@ -261,35 +251,28 @@ def test_stale_ack_after_reclaim_is_rejected(redis_url, rdb):
 
 def test_errors_are_clear(redis_url):
     client = bgq.Client(redis_url, max_payload_bytes=1000)
-    try:
+    with pytest.raises(bgq.PayloadError) as caught:
         client.enqueue(QUEUE, "echo", "x" * 2000)
-        raise AssertionError("expected PayloadError")
-    except bgq.PayloadError as exc:
-        assert "over the limit of 1000 bytes" in str(exc)
-    try:
+    exc = caught.value
+    assert "over the limit of 1000 bytes" in str(exc)
+    with pytest.raises(bgq.PayloadError) as caught:
         client.enqueue(QUEUE, "echo", when={1, 2})
-        raise AssertionError("expected PayloadError")
-    except bgq.PayloadError as exc:
-        assert "keyword argument 'when' (set)" in str(exc)
-    try:
+    exc = caught.value
+    assert "keyword argument 'when' (set)" in str(exc)
+    with pytest.raises(bgq.InvalidQueueName) as caught:
         client.enqueue("Bad_Name", "echo")
-        raise AssertionError("expected InvalidQueueName")
-    except bgq.InvalidQueueName as exc:
-        assert "DNS-1123" in str(exc)
+    exc = caught.value
+    assert "DNS-1123" in str(exc)
     client.close()
     down = bgq.Client("redis://:secret@127.0.0.1:1/0")
-    try:
+    with pytest.raises(bgq.RedisUnavailable) as caught:
         down.enqueue(QUEUE, "echo", 1)
-        raise AssertionError("expected RedisUnavailable")
-    except bgq.RedisUnavailable as exc:
-        assert "127.0.0.1:1" in str(exc) and "secret" not in str(exc)
-    try:
+    exc = caught.value
+    assert "127.0.0.1:1" in str(exc) and "secret" not in str(exc)
+    with pytest.raises(bgq.RedisUnavailable):
         down.get(QUEUE, "nope")
-    except bgq.RedisUnavailable:
-        pass
-    try:
+    with pytest.raises(bgq.JobNotFound) as caught:
         bgq.Client(redis_url).get(QUEUE, "nope")
-        raise AssertionError("expected JobNotFound")
-    except bgq.JobNotFound as exc:
-        assert "nope" in str(exc)
+    exc = caught.value
+    assert "nope" in str(exc)
     assert isinstance(redis.Redis, type)

@@ -10,11 +10,11 @@ import time
 
 import httpx
 import redis.asyncio
-from conftest import QUEUE, await_until
 
 import bgq
 from bgq.logs import JobContextFilter, JsonFormatter
 from bgq.stats import read_demand, read_workers
+from conftest import QUEUE, await_until
 
 
 def free_port() -> int:
@@ -56,13 +56,13 @@ async def _state(beat, state):
     return hb if hb is not None and hb.state == state else None
 
 
-async def await_until_async(fn, timeout, what):
-    deadline = time.monotonic() + timeout
+async def await_until_async(fn, seconds, what):
+    deadline = time.monotonic() + seconds
     while True:
         value = await fn()
         if value:
             return value
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out after {seconds} s waiting for {what}"
         await asyncio.sleep(0.02)
 
 
@@ -121,7 +121,7 @@ async def test_read_demand_many_queues_one_round_trip(redis_url, rdb):
         await client.enqueue_with("a/x", "echo", args=[1], delay=1)
         await client.enqueue_with("a/x", "echo", args=[1], delay=100)
         await client.enqueue("a/y", "echo", 1)
-    time.sleep(0.05)  # let the oldest entry age a little (the quantity measured)
+    await asyncio.sleep(0.05)  # let the oldest entry age a little (the quantity measured)
     from bgq.testing import fetch_jobs
 
     fetch_jobs(rdb, "a/x", count=2)

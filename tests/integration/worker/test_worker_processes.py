@@ -8,10 +8,10 @@ import time
 
 import pytest
 import redis
-from conftest import QUEUE, wait_until, worker_alive
 
 import bgq
 from bgq.protocol import QueueName
+from conftest import QUEUE, wait_until, worker_alive
 
 KEYS = QueueName.parse(QUEUE).keys
 

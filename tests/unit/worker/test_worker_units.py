@@ -20,7 +20,6 @@ from bgq.protocol import Envelope, QueueName, check_job_id, resolve_namespace
 from bgq.settings import Settings
 from bgq.task import lookup
 
-
 # ---------------------------------------------------------------- queue names
 
 
@@ -175,7 +174,7 @@ def test_enqueue_call_layout():
                                                   unique_key="u", unique_ttl=1.5))
     assert keys == ["bgq:{ns/q}:job:j1", "bgq:{ns/q}:ready:0", "bgq:{ns/q}:delayed",
                     "bgq:{ns/q}:uniq:u", "bgq:{ns/q}:wake"]
-    job_id, text, band, due, now, ukey, ttl, queue = argv
+    job_id, text, band, due, _now, ukey, ttl, queue = argv
     env = Envelope.model_validate_json(text)
     assert (job_id, band, due, ukey, ttl, queue) == ("j1", 0, 0, "u", 1500, "ns/q")
     assert env.args == [1] and env.kwargs == {"a": 2} and env.priority == 0
