@@ -56,6 +56,8 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.networking.request_timeout = 30
     settings.watching.inactivity_timeout = 70
     settings.scanning.disabled = True
+    # watch only our Deployments, filtered by the API server (not every Deployment in memory)
+    settings.watching.label_selectors["apps", "deployments"] = f"{LABEL_MANAGED_BY}={MANAGED_BY}"
     settings.execution.max_workers = 4
 
 
