@@ -62,6 +62,8 @@ MAX_BLOCK_MS = 1000
 """Longest idle block: bounds how late an idle worker sees a delayed job become due."""
 BUSY_BLOCK_MS = 100
 """Block while jobs run here: a retry they schedule is promoted within this time."""
+HB_MIN_SPACING = 0.1
+"""Least time between two heartbeat writes triggered by idle<->busy transitions."""
 SETTLE_CHUNK = 2000
 RENEW_CHUNK = 2000
 _REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -138,6 +140,8 @@ class Worker:
         self._redis_arg = redis_client
         self.redis: redis.asyncio.Redis = redis_client  # type: ignore[assignment]
         self._blocker: redis.asyncio.Redis | None = None
+        self._blocker_id: int | None = None
+        """CLIENT ID of the blocking connection, so a drain can CLIENT UNBLOCK it at once."""
 
         self.held: dict[str, Held] = {}
         self.backlog: collections.deque[Held] = collections.deque()
@@ -191,7 +195,9 @@ class Worker:
             self.redis = async_client(
                 s.redis_url, s.redis_password, s.redis_tls_ca_file, max_connections=32
             )
-        self._blocker = async_client(s.redis_url, s.redis_password, s.redis_tls_ca_file)
+        self._blocker = async_client(
+            s.redis_url, s.redis_password, s.redis_tls_ca_file, single_connection_client=True
+        )
         self._threads = ThreadPoolExecutor(
             max_workers=s.thread_pool_size or self.concurrency, thread_name_prefix="bgq-task"
         )
@@ -376,13 +382,19 @@ class Worker:
             if due > 0:
                 block = max(1, min(block, due - now))
         assert self._blocker is not None
-        reply: Any = await self._blocker.xreadgroup(
-            GROUP,
-            self.consumer,
-            dict.fromkeys(self.keys.ready, ">"),
-            count=room,
-            block=block,
-        )
+        if self._blocker_id is None:
+            self._blocker_id = int(await self._blocker.client_id())
+        try:
+            reply: Any = await self._blocker.xreadgroup(
+                GROUP,
+                self.consumer,
+                dict.fromkeys(self.keys.ready, ">"),
+                count=room,
+                block=block,
+            )
+        except BaseException:
+            self._blocker_id = None  # the connection may be replaced
+            raise
         for stream, entries in reply or []:
             band = self.keys.ready.index(stream)
             for entry_id, _ in entries:
@@ -633,12 +645,17 @@ class Worker:
         renew_every = s.lease_seconds / 3
         next_renew = time.monotonic() + renew_every
         next_hb = 0.0
+        last_hb = -1.0
         while True:
             now = time.monotonic()
             try:
-                if now >= next_hb or self._hb_wake.is_set():
+                # transitions are written at once, but at most every HB_MIN_SPACING seconds
+                if now >= next_hb or (
+                    self._hb_wake.is_set() and now - last_hb >= HB_MIN_SPACING
+                ):
                     self._hb_wake.clear()
                     await self._write_heartbeat()
+                    last_hb = now
                     next_hb = now + s.heartbeat_seconds
                 if now >= next_renew:
                     await self._renew()
@@ -648,6 +665,9 @@ class Worker:
                 log.warning("heartbeat/renewal failed, retrying", extra={"error": str(exc)})
                 next_hb = now + 0.5
             timeout = max(0.01, min(next_hb, next_renew) - time.monotonic())
+            if self._hb_wake.is_set():  # a transition waits for the spacing
+                await asyncio.sleep(min(timeout, max(0.01, last_hb + HB_MIN_SPACING - now)))
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._hb_wake.wait(), timeout)
 
@@ -735,6 +755,10 @@ class Worker:
             # MAX_BLOCK_MS (redis-py does not abort a blocked command on cancellation). Entries
             # it was delivered meanwhile are handed back by the orphans step below.
             self._space.set()
+            await asyncio.wait([fetcher], timeout=0.01)
+            if not fetcher.done() and self._blocker_id is not None:
+                with contextlib.suppress(*_REDIS_ERRORS, redis.ResponseError):
+                    await self.redis.client_unblock(self._blocker_id)
             await asyncio.wait([fetcher], timeout=MAX_BLOCK_MS / 1000 + 2)
             if not fetcher.done():
                 fetcher.cancel()

@@ -82,9 +82,14 @@ async def test_livez_readyz_metrics(start_worker, redis_url):
         w.worker._last_tick -= 60
         live = await http.get("/livez")
         assert live.status_code == 503 and "event loop blocked" in live.text
+        w.worker._last_tick += 60
+        await client.enqueue(QUEUE, "sleepy", 1.0, "lz")  # keeps the drain going for a while
+        await await_until(lambda: w.worker.running == 1, 5, "the job to start")
         w.worker.request_stop()
         await await_until(lambda: w.worker.draining, 5, "draining")
-        assert (await http.get("/readyz")).status_code == 503
+        ready = await http.get("/readyz")
+        assert ready.status_code == 503 and ready.text == "draining\n"
+        assert (await http.get("/livez")).status_code == 200  # draining is alive
         await w.task
 
 
