@@ -54,7 +54,14 @@ LOG_DIR="$RUN_DIR/logs"
 STATE_DIR="$RUN_DIR/state"
 
 pid_of() { [[ -f "$PID_DIR/$1.pid" ]] && cat "$PID_DIR/$1.pid"; }
-alive() { local p; p="$(pid_of "$1" 2>/dev/null)" && [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; }
+# running PID: exists and is not a zombie (PID 1 of these VMs may reap orphans late).
+running() {
+  local stat
+  stat="$(cat "/proc/$1/stat" 2>/dev/null)" || return 1
+  stat="${stat##*) }"
+  [[ "${stat:0:1}" != Z ]]
+}
+alive() { local p; p="$(pid_of "$1" 2>/dev/null)" && [[ -n "$p" ]] && running "$p"; }
 
 # start NAME CMD...: run detached in its own session (survives the caller), log and pid in RUN_DIR.
 start() {
@@ -70,11 +77,11 @@ start() {
 stop() {
   local name="$1" grace="${2:-5}" p i
   p="$(pid_of "$name" 2>/dev/null)" || return 0
-  if [[ -n "$p" ]] && kill -0 "$p" 2>/dev/null; then
+  if [[ -n "$p" ]] && running "$p"; then
     kill -TERM "$p" 2>/dev/null || true
-    for ((i = 0; i < grace * 10; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    for ((i = 0; i < grace * 10; i++)); do running "$p" || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null || true
-    for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    for ((i = 0; i < 50; i++)); do running "$p" || break; sleep 0.1; done
   fi
   rm -f "$PID_DIR/$name.pid"
 }
