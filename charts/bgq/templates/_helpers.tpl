@@ -128,3 +128,37 @@ the operator watches it, else the first watched namespace. */}}
 {{- first $ns }}
 {{- end }}
 {{- end }}
+
+{{/* Name of the gateway's Deployment, Service and ServiceAccount: "<fullname>-gateway". */}}
+{{- define "bgq.gatewayName" -}}
+{{- printf "%s-gateway" (include "bgq.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Selector labels of the gateway pods (stable across upgrades). */}}
+{{- define "bgq.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "bgq.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end }}
+
+{{/* The gateway's BGQ_REDIS_URL EnvVar: from gateway.redis.existingSecret (by reference),
+else gateway.redis.url, else the chart's Redis; fails naming the values to set otherwise. */}}
+{{- define "bgq.gatewayRedisEnv" -}}
+{{- $redis := .Values.gateway.redis }}
+{{- if and $redis.existingSecret $redis.url }}
+{{- fail "gateway.redis: set either gateway.redis.url or gateway.redis.existingSecret, not both" }}
+{{- end -}}
+- name: BGQ_REDIS_URL
+{{- if $redis.existingSecret }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $redis.existingSecret }}
+      key: {{ $redis.existingSecretKey }}
+{{- else if $redis.url }}
+  value: {{ $redis.url | quote }}
+{{- else if .Values.redis.enabled }}
+  value: {{ printf "redis://%s-redis.%s.svc:6379/0" (include "bgq.fullname" .) .Release.Namespace | quote }}
+{{- else }}
+{{- fail "gateway.enabled=true needs a Redis: set gateway.redis.existingSecret (a Secret holding the URL), gateway.redis.url, or redis.enabled=true" }}
+{{- end }}
+{{- end }}
