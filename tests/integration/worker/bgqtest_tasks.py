@@ -125,3 +125,23 @@ async def returns_object() -> object:
 async def pause(ms: float, x: Any) -> Any:
     await asyncio.sleep(ms / 1000)
     return x
+
+
+@bgq.task(retries=0, timeout=0.3)
+def thread_overrun(key: str) -> str:
+    """A thread task past its timeout: it is told via cancel_requested and stops."""
+    job = bgq.current_job()
+    deadline = time.monotonic() + 10
+    while not job.cancel_requested and time.monotonic() < deadline:
+        time.sleep(0.01)
+    note(key, f"cancel_requested:{job.cancel_requested}")
+    return "late"
+
+
+@bgq.task(retries=2)
+async def retry_later(key: str) -> int:
+    job = bgq.current_job()
+    await asyncio.to_thread(note, key, f"{job.attempt}:{time.time()}")
+    if job.attempt == 1:
+        raise bgq.Retry(delay=0.5)
+    return job.attempt

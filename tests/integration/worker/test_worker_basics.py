@@ -276,3 +276,37 @@ def test_errors_are_clear(redis_url):
     exc = caught.value
     assert "nope" in str(exc)
     assert isinstance(redis.Redis, type)
+
+
+async def test_thread_task_timeout_sets_cancel_requested(start_worker, redis_url, rdb):
+    await start_worker()
+    async with bgq.AsyncClient(redis_url) as client:
+        job = await client.enqueue(QUEUE, "thread_overrun", "tt")
+        with pytest.raises(bgq.JobFailed) as caught:
+            await client.wait(QUEUE, job.id, timeout=10)
+        assert "JobTimeout" in caught.value.error and "thread was abandoned" in caught.value.error
+    await await_until(lambda: rdb.llen("bgqtest:tt") == 1, 5, "the thread to notice")
+    assert rdb.lrange("bgqtest:tt", 0, -1) == ["cancel_requested:True"]
+
+
+async def test_retry_exception_with_explicit_delay(start_worker, redis_url, rdb):
+    await start_worker()
+    async with bgq.AsyncClient(redis_url) as client:
+        job = await client.enqueue(QUEUE, "retry_later", "rl")
+        assert await client.wait(QUEUE, job.id, timeout=10) == 2
+    t1, t2 = (float(x.split(":")[1]) for x in rdb.lrange("bgqtest:rl", 0, -1))
+    assert 0.45 <= t2 - t1 <= 1.5
+
+
+async def test_lost_lease_stops_local_run_without_settling(start_worker, redis_url, rdb):
+    keys = QueueName.parse(QUEUE).keys
+    w = await start_worker(lease_seconds=0.6)
+    async with bgq.AsyncClient(redis_url) as client:
+        job = await client.enqueue(QUEUE, "sleepy", 30, "ll")
+        await await_until(lambda: rdb.llen("bgqtest:ll") == 1, 10, "the job to start")
+        rdb.hincrby(keys.job(job.id), "token", 1)  # as if another worker had reclaimed it
+        await await_until(lambda: w.worker.metrics.counts["leases_lost"] == 1, 5, "lost lease")
+        await await_until(lambda: w.worker.running == 0, 5, "the local run to stop")
+        info = await client.get(QUEUE, job.id)
+        assert info.state is bgq.JobState.RUNNING  # untouched: the new owner settles it
+        assert w.worker.metrics.counts["succeeded"] == 0
