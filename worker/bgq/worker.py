@@ -62,6 +62,8 @@ MAX_BLOCK_MS = 1000
 """Longest idle block: bounds how late an idle worker sees a delayed job become due."""
 BUSY_BLOCK_MS = 100
 """Block while jobs run here: a retry they schedule is promoted within this time."""
+CANCEL_GRACE_SECONDS = 2.0
+"""At the drain deadline, how long cancelled jobs get to unwind before being handed back."""
 HB_MIN_SPACING = 0.1
 """Least time between two heartbeat writes triggered by idle<->busy transitions."""
 SETTLE_CHUNK = 2000
@@ -770,7 +772,7 @@ class Worker:
             self._settle(h, "release", "", "", "")
         m.drain["released_unstarted"] += len(unstarted)
         await self._flush_now()
-        await self._release_orphans(delete_consumer=False)
+        await self._release_orphans(final=False)
         if unstarted:
             log.info("handed back unstarted jobs", extra={"count": len(unstarted)})
         # let running jobs finish until the deadline (or a second signal)
@@ -798,9 +800,11 @@ class Worker:
                 if not h.stop_reason:
                     h.stop_reason = "drain"
                 self._stop_job(h)
-            await asyncio.wait(runners, timeout=5)
+            await asyncio.wait(runners, timeout=CANCEL_GRACE_SECONDS)
         await self._flush_now()
-        await self._release_orphans(delete_consumer=True)
+        # last: hand back whatever is still pending for this consumer, including a job whose
+        # code ignored cancellation (its late completion is then rejected by the fencing)
+        await self._release_orphans(final=True)
 
     async def _flush_now(self) -> None:
         if self._settle_buf:
@@ -814,19 +818,21 @@ class Worker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._settle_idle.wait(), 0.5)
 
-    async def _release_orphans(self, delete_consumer: bool) -> None:
-        keep = [f"{h.band}:{h.entry}" for h in self.held.values()]
+    async def _release_orphans(self, final: bool) -> None:
+        """Hand back entries pending for this consumer that it does not hold (all of them when
+        ``final``, which also removes the consumer from the group)."""
+        keep = [] if final else [f"{h.band}:{h.entry}" for h in self.held.values()]
         try:
             n = await SCRIPTS.orphans.arun(
                 self.redis,
                 [self.keys.ready[1]],
-                [self.keys.prefix, self.consumer, 1 if delete_consumer else 0, *keep],
+                [self.keys.prefix, self.consumer, 1 if final else 0, *keep],
             )
         except _REDIS_ERRORS as exc:
             log.error("could not hand back orphaned entries", extra={"error": str(exc)})
             return
         if n:
-            self.metrics.drain["released_unstarted"] += int(n)
+            self.metrics.drain["released_deadline" if final else "released_unstarted"] += int(n)
             log.info("handed back entries delivered during shutdown", extra={"count": n})
 
 

@@ -145,3 +145,15 @@ async def retry_later(key: str) -> int:
     if job.attempt == 1:
         raise bgq.Retry(delay=0.5)
     return job.attempt
+
+
+@bgq.task(retries=0)
+async def stubborn(key: str) -> str:
+    """Ignores cancellation (bad practice): the drain must still hand it back."""
+    await asyncio.to_thread(note, key, "start")
+    for _ in range(2):
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            await asyncio.to_thread(note, key, "ignored-cancel")
+    return "finished"

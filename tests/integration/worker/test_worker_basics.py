@@ -3,6 +3,7 @@ timeouts, cancel, unique jobs, malformed entries."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 
@@ -310,3 +311,16 @@ async def test_lost_lease_stops_local_run_without_settling(start_worker, redis_u
         info = await client.get(QUEUE, job.id)
         assert info.state is bgq.JobState.RUNNING  # untouched: the new owner settles it
         assert w.worker.metrics.counts["succeeded"] == 0
+
+
+async def test_drain_hands_back_a_job_that_ignores_cancellation(start_worker, redis_url, rdb):
+    w = await start_worker(drain_seconds=0.2)
+    async with bgq.AsyncClient(redis_url) as client:
+        job = await client.enqueue(QUEUE, "stubborn", "sb")
+        await await_until(lambda: rdb.llen("bgqtest:sb") == 1, 10, "the job to start")
+        w.worker.request_stop()
+        assert await asyncio.wait_for(w.task, 10) == 0
+        info = await client.get(QUEUE, job.id)
+        assert info.state is bgq.JobState.QUEUED and info.attempt == 1
+        assert (await client.stats(QUEUE)).backlog == 1
+        assert w.worker.metrics.drain["released_deadline"] == 1
