@@ -160,6 +160,13 @@ class Worker:
         self._settle_failures = 0
         self._local_due = 0
         """Earliest due time of a retry this worker scheduled (its settle may still be queued)."""
+        self._stop = asyncio.Event()
+        self._force = asyncio.Event()
+        self._space = asyncio.Event()
+        self._settle_wake = asyncio.Event()
+        self._settle_idle = asyncio.Event()
+        self._settle_idle.set()
+        self._hb_wake = asyncio.Event()
 
     # ---------------------------------------------------------------------------- lifecycle
 
@@ -179,20 +186,12 @@ class Worker:
     async def run(self, install_signals: bool = False) -> int:
         """Run until :meth:`request_stop` (or SIGTERM/SIGINT with ``install_signals``)."""
         loop = asyncio.get_running_loop()
-        self._stop = asyncio.Event()
-        self._force = asyncio.Event()
-        self._space = asyncio.Event()
-        self._settle_wake = asyncio.Event()
-        self._settle_idle = asyncio.Event()
-        self._settle_idle.set()
-        self._hb_wake = asyncio.Event()
         self.shutdown.bind()
-        if self._stop_requested_at is not None:
-            self._stop.set()
+        s = self.settings
+        http = await self._start_http()  # first: a bad port fails before anything is opened
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.request_stop)
-        s = self.settings
         if self.redis is None:
             self.redis = async_client(
                 s.redis_url, s.redis_password, s.redis_tls_ca_file, max_connections=32
@@ -204,7 +203,6 @@ class Worker:
             max_workers=s.thread_pool_size or self.concurrency, thread_name_prefix="bgq-task"
         )
         self._procs = ProcessRunner(s.process_pool_size or os.cpu_count() or 1)
-        http = await self._start_http()
         background = [
             asyncio.create_task(self._ticker(), name="bgq-ticker"),
             asyncio.create_task(self._settler(), name="bgq-settler"),
@@ -295,7 +293,13 @@ class Worker:
         server.route("GET", "/livez", livez)
         server.route("GET", "/readyz", readyz)
         server.route("GET", "/metrics", metrics)
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot serve probes and metrics on port {self.settings.http_port}: {exc} "
+                "(set BGQ_HTTP_PORT to a free port, or 0 to disable)"
+            ) from exc
         self.http_port = server.port
         return server
 
@@ -325,13 +329,17 @@ class Worker:
                     await self._block(room, next_due)
             except asyncio.CancelledError:
                 raise
-            except (*_REDIS_ERRORS, redis.ResponseError) as exc:
+            except Exception as exc:  # never let the fetcher die: log, back off, go on
                 self.metrics.counts["redis_errors"] += 1
-                log.warning("fetch failed, retrying", extra={"error": str(exc)})
+                log.warning(
+                    "fetch failed, retrying",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                    exc_info=not isinstance(exc, (*_REDIS_ERRORS, redis.ResponseError)),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
-                    with contextlib.suppress(*_REDIS_ERRORS):
+                    with contextlib.suppress(*_REDIS_ERRORS, redis.ResponseError):
                         await self._ensure_groups()
 
     async def _fetch(self, room: int) -> tuple[int, int]:
@@ -624,10 +632,14 @@ class Worker:
                         json.dumps(chunk, separators=(",", ":")),
                     ],
                 )
-            except _REDIS_ERRORS as exc:
+            except Exception as exc:  # keep the records and retry: they are the completions
                 self.metrics.counts["redis_errors"] += 1
                 self._settle_failures += 1
-                log.warning("settle failed, retrying", extra={"error": str(exc)})
+                log.warning(
+                    "settle failed, retrying",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                    exc_info=not isinstance(exc, _REDIS_ERRORS),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
@@ -662,9 +674,13 @@ class Worker:
                 if now >= next_renew:
                     await self._renew()
                     next_renew = now + renew_every
-            except _REDIS_ERRORS as exc:
+            except Exception as exc:
                 self.metrics.counts["redis_errors"] += 1
-                log.warning("heartbeat/renewal failed, retrying", extra={"error": str(exc)})
+                log.warning(
+                    "heartbeat/renewal failed, retrying",
+                    extra={"error": f"{type(exc).__name__}: {exc}"},
+                    exc_info=not isinstance(exc, _REDIS_ERRORS),
+                )
                 next_hb = now + 0.5
             timeout = max(0.01, min(next_hb, next_renew) - time.monotonic())
             if self._hb_wake.is_set():  # a transition waits for the spacing
@@ -896,7 +912,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bgq worker: {exc}", file=sys.stderr)
         return 2
     worker = Worker(settings, queue)
-    code = asyncio.run(worker.run(install_signals=True))
+    try:
+        code = asyncio.run(worker.run(install_signals=True))
+    except BgqError as exc:
+        print(f"bgq worker: {exc}", file=sys.stderr)
+        return 1
     logging.shutdown()
     if any(t.name.startswith("bgq-task") and t.is_alive() for t in threading.enumerate()):
         # abandoned thread tasks would block interpreter exit; their jobs were handed back
