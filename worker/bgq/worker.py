@@ -248,6 +248,7 @@ class Worker:
         delay = 0.2
         while not self._stop.is_set():
             try:
+                await self._check_server()
                 await self._ensure_groups()
                 return True
             except _REDIS_ERRORS as exc:
@@ -259,6 +260,16 @@ class Worker:
                 await asyncio.wait_for(self._stop.wait(), delay)
             delay = min(delay * 2, 5.0)
         return False
+
+    async def _check_server(self) -> None:
+        info = await self.redis.info("server")
+        version = str(info.get("redis_version", "0"))
+        parts = [int(x) for x in version.split(".")[:2] if x.isdigit()]
+        if parts and parts < [7, 0]:
+            raise ConfigError(
+                f"Redis {version} at {redact(self.settings.redis_url)} is too old: bgq needs "
+                "Redis >= 7.0 (XAUTOCLAIM, XINFO GROUPS lag)"
+            )
 
     async def _ensure_groups(self) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -698,8 +709,8 @@ class Worker:
                 args += (h.id, h.band, h.entry, h.token)
             res = await SCRIPTS.renew.arun(self.redis, [self.keys.ready[1]], args)
             for h, status in zip(part, res, strict=True):
-                if status == 1:
-                    continue
+                if status == 1 or self.held.get(h.id) is not h:
+                    continue  # renewed, or settled while the renewal was in flight
                 if status == 2:
                     if not h.stop_reason:
                         h.stop_reason = "cancel"
@@ -709,8 +720,7 @@ class Worker:
                     self.metrics.counts["leases_lost"] += 1
                     log.warning("lease lost: job was reclaimed elsewhere", extra={"job_id": h.id})
                     h.stop_reason = "lost"
-                    if self.held.get(h.id) is h:
-                        del self.held[h.id]
+                    del self.held[h.id]
                     self._stop_job(h)
             self.metrics.counts["lease_renewals"] += len(part)
         self._space.set()
