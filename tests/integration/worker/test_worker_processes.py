@@ -176,3 +176,37 @@ def test_redis_restart_loses_nothing(spawn_worker, persistent_redis, rdb):
     assert "retrying" in w.logs()
     rdb_p.close()
     client.close()
+
+
+@pytest.mark.slow
+def test_random_sigkills_lose_nothing(spawn_worker, redis_url, rdb):
+    """Chaos: three workers, one SIGKILLed every ~0.6 s and replaced; every job succeeds once."""
+    import random
+
+    rng = random.Random(7)
+    client = bgq.Client(redis_url)
+    n = 2000
+    jobs = client.enqueue_many(QUEUE, [bgq.JobSpec("pause", args=[20, i]) for i in range(n)])
+    env = {"BGQ_CONCURRENCY": 10, "BGQ_LEASE_SECONDS": 1, "BGQ_MAX_DELIVERIES": 50}
+    workers = [spawn_worker("c", **env) for _ in range(3)]
+    kills = 0
+    deadline = time.monotonic() + 90
+    while int(rdb.hget(KEYS.stats, "succeeded") or 0) < n:
+        assert time.monotonic() < deadline, "jobs did not all complete"
+        time.sleep(0.6)  # the chaos interval (what is being tested), not a wait for a result
+        if kills < 5:
+            victim = workers.pop(rng.randrange(len(workers)))
+            victim.proc.kill()
+            victim.proc.wait(5)
+            kills += 1
+            workers.append(spawn_worker("c", **env))
+    ids = [j.id for j in jobs]
+    assert states(rdb, ids) == ["succeeded"] * n
+    pipe = rdb.pipeline(transaction=False)
+    for i in ids:
+        pipe.hget(KEYS.job(i), "result")
+    assert [int(x) for x in pipe.execute()] == list(range(n))
+    assert int(rdb.hget(KEYS.stats, "succeeded")) == n  # fenced: one success per job
+    assert kills == 5 and int(rdb.hget(KEYS.stats, "reclaimed") or 0) >= 1
+    assert client.stats(QUEUE).dead == 0
+    client.close()
