@@ -157,3 +157,11 @@ async def stubborn(key: str) -> str:
         except asyncio.CancelledError:
             await asyncio.to_thread(note, key, "ignored-cancel")
     return "finished"
+
+
+@bgq.task(retries=0)
+def thread_sleep(seconds: float, key: str) -> str:
+    """A thread task that ignores everything and blocks its thread."""
+    note(key, "start")
+    time.sleep(seconds)
+    return "woke"

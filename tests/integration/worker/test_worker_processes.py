@@ -210,3 +210,17 @@ def test_random_sigkills_lose_nothing(spawn_worker, redis_url, rdb):
     assert kills == 5 and int(rdb.hget(KEYS.stats, "reclaimed") or 0) >= 1
     assert client.stats(QUEUE).dead == 0
     client.close()
+
+
+def test_sigterm_with_a_blocked_thread_task_still_exits_promptly(spawn_worker, redis_url, rdb):
+    client = bgq.Client(redis_url)
+    w = spawn_worker("t", BGQ_DRAIN_SECONDS=0.5)
+    job = client.enqueue(QUEUE, "thread_sleep", 60, "ts")
+    wait_until(lambda: rdb.llen("bgqtest:ts"), 15, "the thread task to start")
+    w.proc.send_signal(signal.SIGTERM)
+    t0 = time.monotonic()
+    assert w.proc.wait(10) == 0
+    assert time.monotonic() - t0 < 0.5 + 2 + 2  # drain + cancel grace + slack
+    info = client.get(QUEUE, job.id)
+    assert info.state is bgq.JobState.QUEUED and info.attempt == 1
+    client.close()
