@@ -174,6 +174,36 @@ async def bench_process(url: str, n: int, concurrency: int, rt: RoundTrips) -> d
     }
 
 
+async def bench_latency(url: str, samples: int) -> dict[str, float]:
+    """Enqueue -> start latency with an idle worker (jobs enqueued one at a time)."""
+    r = redis.Redis.from_url(url, decode_responses=True)
+    clear(r)
+    settings = Settings(redis_url=url, queue=QUEUE, http_port=0, pod_name="bench")
+    worker = Worker(settings, QueueName.parse(QUEUE))
+    task = asyncio.create_task(worker.run())
+    while not worker.ready:  # noqa: ASYNC110 - polls an in-process flag
+        await asyncio.sleep(0.01)
+    ids = []
+    async with bgq.AsyncClient(url) as client:
+        for _ in range(samples):
+            ids.append((await client.enqueue(QUEUE, "bench_noop")).id)
+            await asyncio.sleep(0.005)
+        while worker.metrics.counts["succeeded"] < samples:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+    worker.request_stop()
+    await task
+    keys = QueueName.parse(QUEUE).keys
+    waits = sorted(
+        int(r.hget(keys.job(i), "started_ms") or 0) - int(r.hget(keys.job(i), "enqueued_ms") or 0)
+        for i in ids
+    )
+    r.close()
+    return {
+        "latency_p50_ms": float(waits[len(waits) // 2]),
+        "latency_p99_ms": float(waits[int(len(waits) * 0.99) - 1]),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--redis-url", help="use this Redis (default: start a private redis-server)")
@@ -187,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         url = args.redis_url or stack.enter_context(redis_server())
         results = bench_enqueue(url, args.enqueue_jobs, rt)
         results.update(asyncio.run(bench_process(url, args.jobs, args.concurrency, rt)))
+        results.update(asyncio.run(bench_latency(url, 300)))
         clear(redis.Redis.from_url(url))
     print(f"bgq {bgq.__version__} throughput (python {sys.version.split()[0]}, "
           f"{os.cpu_count()} CPUs, redis at {'given URL' if args.redis_url else 'local'})")
@@ -200,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{results['process_cmds_per_job']:.2f} redis cmds/job  "
           f"({args.jobs} no-op jobs, concurrency {args.concurrency}, "
           f"{results['process_seconds']:.2f} s)")
+    print(f"  enqueue->start, idle      : p50 {results['latency_p50_ms']:.0f} ms, "
+          f"p99 {results['latency_p99_ms']:.0f} ms (300 jobs enqueued one at a time)")
     return 0
 
 
