@@ -158,6 +158,7 @@ class Worker:
         self._procs: ProcessRunner | None = None
         self._adopt: list[Any] = []
         self._settle_failures = 0
+        self._settle_inflight = 0
         self._local_due = 0
         """Earliest due time of a retry this worker scheduled (its settle may still be queued)."""
         self._stop = asyncio.Event()
@@ -250,6 +251,7 @@ class Worker:
             try:
                 await self._check_server()
                 await self._ensure_groups()
+                await self._load_scripts()
                 return True
             except _REDIS_ERRORS as exc:
                 log.warning(
@@ -357,22 +359,24 @@ class Worker:
         s = self.settings
         adopt, self._adopt = self._adopt, []
         now = _now_ms()
-        settled = self._settle_idle.is_set()
-        reply = await SCRIPTS.fetch.arun(
-            self.redis,
-            [self.keys.ready[1]],
-            [
-                self.keys.prefix,
-                self.consumer,
-                room,
-                now,
-                self.lease_ms,
-                s.max_deliveries,
-                self.result_ttl_ms,
-                self.dead_retention_ms,
-                *adopt,
-            ],
-        )
+        fetch_args = [
+            self.keys.prefix,
+            self.consumer,
+            room,
+            now,
+            self.lease_ms,
+            s.max_deliveries,
+            self.result_ttl_ms,
+            self.dead_retention_ms,
+            *adopt,
+        ]
+        if not self._settle_buf:
+            settled = self._settle_idle.is_set()
+            reply = await SCRIPTS.fetch.arun(self.redis, [self.keys.ready[1]], fetch_args)
+        else:
+            # completions waiting: send them in the same round trip as the fetch
+            settled = not self._settle_inflight and len(self._settle_buf) <= SETTLE_CHUNK
+            reply = await self._settle_and_fetch(fetch_args)
         n = int(reply[1])
         if self._local_due and settled and self._local_due <= now:
             self._local_due = 0  # this fetch promoted it
@@ -392,6 +396,34 @@ class Worker:
                 backlog.append(h)
             self._dispatch()
         return n, int(reply[0])
+
+    async def _settle_and_fetch(self, fetch_args: list[Any]) -> Any:
+        """One pipelined round trip: EVALSHA settle (the buffered completions), EVALSHA fetch."""
+        chunk = self._take_settle()
+        route = [self.keys.ready[1]]
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.evalsha(SCRIPTS.settle.sha, 1, *route, *self._settle_args(chunk))
+        pipe.evalsha(SCRIPTS.fetch.sha, 1, *route, *fetch_args)
+        try:
+            settle_reply, fetch_reply = await pipe.execute(raise_on_error=False)
+        except BaseException:
+            self._settle_done(chunk, None)
+            raise
+        if isinstance(settle_reply, Exception):
+            self._settle_done(chunk, None)
+            self._settle_wake.set()
+        else:
+            self._settle_done(chunk, settle_reply)
+        for r in (settle_reply, fetch_reply):
+            if isinstance(r, redis.exceptions.NoScriptError):
+                await self._load_scripts()
+        if isinstance(fetch_reply, Exception):
+            raise fetch_reply
+        return fetch_reply
+
+    async def _load_scripts(self) -> None:
+        for script in (SCRIPTS.fetch, SCRIPTS.settle, SCRIPTS.renew, SCRIPTS.orphans):
+            await self.redis.script_load(script.text)
 
     async def _block(self, room: int, next_due: int) -> None:
         """Nothing to fetch: block on the streams until an entry arrives or a delayed job is
@@ -623,27 +655,53 @@ class Worker:
         while True:
             await self._settle_wake.wait()
             self._settle_wake.clear()
+            # one loop turn first: a fetcher woken by the same completions takes the records
+            # along with its fetch (one round trip for both)
+            await asyncio.sleep(0)
             await self._flush()
+
+    def _settle_args(self, chunk: list[tuple[Any, ...]]) -> list[Any]:
+        return [
+            self.keys.prefix,
+            _now_ms(),
+            self.result_ttl_ms,
+            self.dead_retention_ms,
+            json.dumps(chunk, separators=(",", ":")),
+        ]
+
+    def _take_settle(self) -> list[tuple[Any, ...]]:
+        """Move up to SETTLE_CHUNK records from the buffer into flight."""
+        chunk = self._settle_buf[:SETTLE_CHUNK]
+        del self._settle_buf[:SETTLE_CHUNK]
+        self._settle_inflight += 1
+        return chunk
+
+    def _settle_done(self, chunk: list[tuple[Any, ...]], reply: Any) -> None:
+        """Account for a settle call: ``reply`` None means it failed (records go back)."""
+        self._settle_inflight -= 1
+        if reply is None:
+            self._settle_buf[:0] = chunk
+        else:
+            stale = len(reply) - 1
+            if stale:
+                self.metrics.counts["stale_acks"] += stale
+                log.warning("completions rejected: jobs were reclaimed", extra={"count": stale})
+        if not self._settle_buf and not self._settle_inflight:
+            self._settle_idle.set()
 
     async def _flush(self) -> None:
         """Send every buffered settle record; retried while Redis is down (jobs are held by
-        their leases meanwhile: nothing is lost, at worst a job runs again)."""
+        their leases meanwhile: nothing is lost, at worst a job runs again). Re-sending a
+        record that did apply is harmless: the fencing rejects it as stale."""
         delay = 0.1
         while self._settle_buf:
-            chunk = self._settle_buf[:SETTLE_CHUNK]
+            chunk = self._take_settle()
             try:
-                res = await SCRIPTS.settle.arun(
-                    self.redis,
-                    [self.keys.ready[1]],
-                    [
-                        self.keys.prefix,
-                        _now_ms(),
-                        self.result_ttl_ms,
-                        self.dead_retention_ms,
-                        json.dumps(chunk, separators=(",", ":")),
-                    ],
+                reply = await SCRIPTS.settle.arun(
+                    self.redis, [self.keys.ready[1]], self._settle_args(chunk)
                 )
             except Exception as exc:  # keep the records and retry: they are the completions
+                self._settle_done(chunk, None)
                 self.metrics.counts["redis_errors"] += 1
                 self._settle_failures += 1
                 log.warning(
@@ -654,12 +712,7 @@ class Worker:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
-            del self._settle_buf[: len(chunk)]
-            stale = len(res) - 1
-            if stale:
-                self.metrics.counts["stale_acks"] += stale
-                log.warning("completions rejected: jobs were reclaimed", extra={"count": stale})
-        self._settle_idle.set()
+            self._settle_done(chunk, reply)
 
     # ---------------------------------------------------------------------------- keeper
 
