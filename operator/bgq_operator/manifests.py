@@ -187,6 +187,9 @@ def pod_template(name: str, namespace: str, spec: BackgroundQueueSpec) -> dict[s
     pod: dict[str, Any] = {
         "containers": [worker_container(name, namespace, spec)],
         "terminationGracePeriodSeconds": spec.drain_seconds + GRACE_MARGIN_SECONDS,
+        # a Service named e.g. "bgq-http" in the namespace would otherwise inject BGQ_HTTP_PORT=tcp://...
+        # into the worker's environment, which the worker reads as its own settings
+        "enableServiceLinks": False,
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_ID,

@@ -164,6 +164,7 @@ def test_container_defaults_probes_and_security() -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert pod["terminationGracePeriodSeconds"] == 30
+    assert pod["enableServiceLinks"] is False  # Service env vars must not shadow BGQ_* settings
     sc = container["securityContext"]
     assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001
     assert sc["readOnlyRootFilesystem"] is True
