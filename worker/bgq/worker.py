@@ -53,7 +53,7 @@ from bgq.protocol import GROUP, Envelope, QueueName
 from bgq.scripts import SCRIPTS
 from bgq.settings import Settings
 from bgq.task import _REGISTRY as _TASKS
-from bgq.task import Task, lookup
+from bgq.task import Task, lookup, registry
 
 log = logging.getLogger("bgq.worker")
 
@@ -159,6 +159,8 @@ class Worker:
         self._adopt: list[Any] = []
         self._settle_failures = 0
         self._settle_inflight = 0
+        self._debug = log.isEnabledFor(logging.DEBUG)
+        """Per-job debug logs only when enabled (the check is hoisted off the hot path)."""
         self._local_due = 0
         """Earliest due time of a retry this worker scheduled (its settle may still be queued)."""
         self._stop = asyncio.Event()
@@ -220,6 +222,8 @@ class Worker:
                         "consumer": self.consumer,
                         "concurrency": self.concurrency,
                         "redis": redact(s.redis_url),
+                        "version": VERSION,
+                        "tasks": sorted(registry()),
                     },
                 )
                 fetcher = asyncio.create_task(self._fetcher(), name="bgq-fetcher")
@@ -545,6 +549,8 @@ class Worker:
             counts["succeeded"] += 1
             if self.draining:
                 m.drain["completed"] += 1
+            if self._debug:
+                log.debug("job succeeded", extra={"seconds": round(time.perf_counter() - t0, 6)})
             self._settle(h, "ok", text, "", "")
         finally:
             self.running -= 1
@@ -971,6 +977,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             importlib.import_module(module)
         except ImportError as exc:
             raise ConfigError(f"cannot import tasks module {module!r}: {exc}") from exc
+        if not registry():
+            raise ConfigError(
+                f"tasks module {module!r} registers no tasks: decorate functions with @bgq.task"
+            )
     except BgqError as exc:
         print(f"bgq worker: {exc}", file=sys.stderr)
         return 2
