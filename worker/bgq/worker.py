@@ -335,7 +335,8 @@ class Worker:
         delay = 0.1
         while not self.draining:
             room = self.limit - len(self.held)
-            if room <= 0 or (self.backlog and room < self.limit // 2):
+            # batch: with every slot busy or spoken for, wait until half the room is free
+            if room <= 0 or (len(self.held) >= self.concurrency and room < self.limit // 2):
                 self._space.clear()
                 await self._space.wait()
                 continue
@@ -662,7 +663,9 @@ class Worker:
             await self._settle_wake.wait()
             self._settle_wake.clear()
             # one loop turn first: a fetcher woken by the same completions takes the records
-            # along with its fetch (one round trip for both)
+            # along with its fetch (one round trip for both). Otherwise settle on this
+            # connection, overlapping with the fetch in flight (measured faster than waiting
+            # for the fetch to carry them).
             await asyncio.sleep(0)
             await self._flush()
 
