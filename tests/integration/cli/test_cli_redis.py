@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -13,7 +13,7 @@ import redis
 import bgq
 from bgq.cli import EXIT_FAILED, EXIT_NOT_FOUND, EXIT_OK, EXIT_TIMEOUT, EXIT_USAGE, main
 from bgq.protocol import QueueName
-from bgq.scripts import SCRIPTS
+from bgq.testing import Delivery, fetch_jobs, settle_jobs
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,23 +51,14 @@ def dead_letter_jobs(url: str, queue: str, ids: list[str]) -> None:
     for job_id in ids:
         client.enqueue_with(queue, "app.tasks.explode", args=[job_id], job_id=job_id)
     client.close()
-    keys = QueueName.parse(queue).keys
     r = redis.Redis.from_url(url, decode_responses=True)
-    now = int(time.time() * 1000)
-    reply = SCRIPTS.fetch.run(
-        r, [keys.ready[1]], [keys.prefix, "test:1", len(ids), now, 30_000, 5, 86_400_000, 10**9]
-    )
-    count = int(reply[1])
-    assert count == len(ids)
-    records: list[object] = []
-    for i in range(count):
-        job_id, band, entry, token = reply[2 + 6 * i : 6 + 6 * i]
-        tb = f'Traceback (most recent call last):\n  File "tasks.py", line 3\nValueError: {job_id}'
-        records += ["dead", job_id, band, entry, token, "retries-exhausted", "ValueError: boom", tb]
-    applied = SCRIPTS.settle.run(
-        r, [keys.ready[1]], [keys.prefix, now, 86_400_000, 10**9, *records]
-    )
-    assert applied == [1] * count
+    deliveries = fetch_jobs(r, queue, "test:1", count=len(ids))
+    assert len(deliveries) == len(ids)
+    records: list[tuple[str, Delivery, Any, str, str]] = []
+    for d in deliveries:
+        tb = f'Traceback (most recent call last):\n  File "tasks.py"\nValueError: {d.job_id}'
+        records.append(("dead", d, "retries-exhausted", "ValueError: boom", tb))
+    assert settle_jobs(r, queue, records) == [True] * len(ids)
     r.close()
 
 
@@ -198,18 +189,9 @@ def test_wait_timeout_and_result(run: Run, redis_url: str) -> None:
     assert code == EXIT_TIMEOUT
     assert "not finished after 0.2 s" in err
     # finish the job through the protocol, then --wait on the same id returns its result
-    keys = QueueName.parse(QUEUE).keys
     r = redis.Redis.from_url(redis_url, decode_responses=True)
-    now = int(time.time() * 1000)
-    reply = SCRIPTS.fetch.run(
-        r, [keys.ready[1]], [keys.prefix, "t:1", 1, now, 30_000, 5, 10**8, 10**9]
-    )
-    job_id, band, entry, token = reply[2:6]
-    SCRIPTS.settle.run(
-        r,
-        [keys.ready[1]],
-        [keys.prefix, now, 10**8, 10**9, "ok", job_id, band, entry, token, '{"n": 3}', "", ""],
-    )
+    (delivery,) = fetch_jobs(r, QUEUE, "t:1")
+    assert settle_jobs(r, QUEUE, [("ok", delivery, '{"n": 3}', "", "")]) == [True]
     r.close()
     code, out, _ = run("enqueue", QUEUE, "t", "--job-id", "w1", "--wait", "5", "--json")
     assert code == EXIT_OK
