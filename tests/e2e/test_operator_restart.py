@@ -230,7 +230,10 @@ def test_sigkill_while_long_jobs_run_interrupts_nothing(
         replicas_at_kill = watch.values()[-1]
         # Precondition: demand has dropped, idle pods exist that a restarted operator will
         # remove, next to the busy ones it must keep.
-        assert replicas_at_kill > len(busy), (watch.values(), busy)
+        assert replicas_at_kill > len(busy), (
+            f"precondition: the first operator already scaled down to {watch.values()} before "
+            f"the kill (busy pods {sorted(busy)}): worker pods started more than "
+            f"{SCALE_DOWN_DELAY_S}s apart; nothing left for the restarted operator to decide")
 
         # --- the crash: no shutdown code runs, no last status write
         stop_operator(first, signal.SIGKILL, 10)
@@ -265,6 +268,7 @@ def test_sigkill_while_long_jobs_run_interrupts_nothing(
     assert not deleted_busy, f"busy pods were deleted while running: {sorted(deleted_busy)}"
     assert q.deletions.names(before=t_done), "the idle pods should have been removed"
     assert interrupted_metric(second.url) == 0
+    assert_no_rollout(cluster, namespace, "restart")
     # (b) + (d) one step up, then only down; never below the busy pods while the jobs ran,
     # never zero before they finished
     assert values[:2] == [0, 4], values
@@ -281,6 +285,20 @@ def test_sigkill_while_long_jobs_run_interrupts_nothing(
           f"restarted operator scaled {replicas_at_kill} -> {len(busy)} "
           f"{t_down - t_restart:.1f}s after its start, {t_done - t_down:.1f}s before the long "
           f"jobs finished; zero {idle_s:.1f}s after them; history {values}")
+
+
+def assert_no_rollout(cluster: Cluster, namespace: str, name: str) -> None:
+    """The restart changed nothing but replicas: one ReplicaSet, no DeploymentUpdated event.
+
+    A pod template the restarted operator builds differently would roll every worker pod (each
+    one drained, its jobs handed back): the worst way a restart could interrupt jobs.
+    """
+    sets = cluster.get_json("replicasets", "-n", namespace, "-l", SELECTOR.format(name=name))
+    assert len(sets["items"]) == 1, [rs["metadata"]["name"] for rs in sets["items"]]
+    events = cluster.get_json("events", "-n", namespace, "--field-selector",
+                              f"involvedObject.name={name}")  # fmt: skip
+    reasons = [e.get("reason") for e in events["items"]]
+    assert "DeploymentUpdated" not in reasons, reasons
 
 
 def _ready_pods(cluster: Cluster, namespace: str, name: str) -> list[str]:
@@ -321,5 +339,6 @@ def test_sigterm_mid_scale_up_then_restart_ends_at_the_right_count(
     assert values[:3] == [0, 2, 4], values  # one step each, no overshoot, no dip
     assert values[2:] == sorted(values[2:], reverse=True), values
     assert interrupted_metric(second.url) == 0
+    assert_no_rollout(cluster, namespace, "sigterm")
     print(f"\nSIGTERM restart: operator exited {exit_s:.2f}s after SIGTERM (code 0); restarted "
           f"operator scaled 2 -> 4 {up_s:.2f}s after its start; history {values}")
