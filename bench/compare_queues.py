@@ -123,6 +123,9 @@ class Result:
     seconds: float
     steady_rate: float
     cmds_per_job: float
+    worker_cpu_us: float
+    redis_cpu_us: float
+    load: float
     note: str = ""
 
 
@@ -284,6 +287,29 @@ def worker_process(
                 continue
 
 
+def group_cpu_seconds(pgid: int) -> float:
+    """CPU seconds (user+sys, plus reaped children's) of every live process in group ``pgid``.
+
+    Children reaped by a group member (RQ's work horses, a pool's exited children) are counted
+    through their parent's cutime/cstime.
+    """
+    ticks = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # the process ended while we looked
+        # fields[0] is field 3 (state): pgrp is field 5, utime..cstime are fields 14..17.
+        if int(fields[2]) == pgid:
+            ticks += sum(int(f) for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def redis_cpu_seconds(r: redis.Redis) -> float:
+    info = r.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def measure(system: System, url: str, tmp: Path, time_cap: float) -> Result:
     r = redis.Redis.from_url(url)
     r.flushall()
@@ -295,9 +321,11 @@ def measure(system: System, url: str, tmp: Path, time_cap: float) -> Result:
     n = system.jobs
     poll_cmds = 0
     note = ""
+    load = os.getloadavg()[0]
     c0 = commands(r)
     t0 = time.perf_counter()
     first: tuple[float, int] | None = None
+    cpu0 = (0.0, 0.0)
     with worker_process(system.command(url), env, log) as proc:
         while True:
             done, cost = system.progress(r, n)
@@ -305,6 +333,8 @@ def measure(system: System, url: str, tmp: Path, time_cap: float) -> Result:
             poll_cmds += cost
             if done > 0 and first is None:
                 first = (now, done)
+                cpu0 = (group_cpu_seconds(proc.pid), redis_cpu_seconds(r))
+                poll_cmds += 1
             if done >= n:
                 break
             if proc.poll() is not None and not system.exits_when_done:
@@ -314,15 +344,21 @@ def measure(system: System, url: str, tmp: Path, time_cap: float) -> Result:
                 note = "worker exited" if proc.poll() is not None else f"time cap {time_cap:.0f} s"
                 break
             time.sleep(POLL_SECONDS)
+        cpu1 = (group_cpu_seconds(proc.pid), redis_cpu_seconds(r))
         c1 = commands(r)
+        poll_cmds += 1
     seconds = now - t0
-    if first is None or done <= first[1] or now <= first[0]:
+    window_jobs = done - first[1] if first else 0
+    if first is None or window_jobs <= 0 or now <= first[0]:
         steady = done / seconds
+        window_jobs = 0
     else:
-        steady = (done - first[1]) / (now - first[0])
+        steady = window_jobs / (now - first[0])
     cmds = (c1 - c0 - 1 - poll_cmds) / max(done, 1)
+    per_job = 1e6 / window_jobs if window_jobs else float("nan")
     r.close()
-    return Result(system, done, seconds, steady, cmds, note)
+    return Result(system, done, seconds, steady, cmds, (cpu1[0] - cpu0[0]) * per_job,
+                  (cpu1[1] - cpu0[1]) * per_job, load, note)
 
 
 def versions() -> str:
@@ -335,15 +371,17 @@ def versions() -> str:
 
 def table(results: list[Result], base: float | None) -> str:
     lines = [
-        "| system | configuration | jobs | s | jobs/s | cmds/job | x bgq |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| system | configuration | jobs | s | jobs/s | x bgq | cmds/job | worker CPU µs/job "
+        "| redis CPU µs/job | load |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for res in results:
         ratio = f"{res.steady_rate / base:.3f}" if base else "-"
         jobs = f"{res.done}" + (f" of {res.system.jobs} ({res.note})" if res.note else "")
         lines.append(
             f"| {res.system.name} | {res.system.config} | {jobs} | {res.seconds:.2f} | "
-            f"{res.steady_rate:,.0f} | {res.cmds_per_job:.2f} | {ratio} |"
+            f"{res.steady_rate:,.0f} | {ratio} | {res.cmds_per_job:.2f} | "
+            f"{res.worker_cpu_us:,.0f} | {res.redis_cpu_us:,.0f} | {res.load:.1f} |"
         )
     return "\n".join(lines)
 
@@ -361,6 +399,10 @@ def systems(args: argparse.Namespace) -> list[System]:
         rq_system(n, "rq.worker.SimpleWorker", "SimpleWorker, no fork"),
         rq_system(args.rq_fork_jobs, "rq.worker.Worker", "Worker, fork per job"),
     ]
+    # bgq's baseline again at the end: shows how much the machine's load drifted during the run.
+    again = bgq_system(args.bgq_jobs, 10)
+    again.name = "bgq (again, drift check)"
+    all_systems.append(again)
     if args.only:
         wanted = [w.lower() for w in args.only]
         all_systems = [s for s in all_systems
@@ -394,8 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {system.name}: {system.jobs} jobs ...", file=sys.stderr, flush=True)
             results.append(measure(system, url, tmp, args.time_cap))
     load1 = os.getloadavg()
-    base = next((r.steady_rate for r in results if r.system.config.endswith(
-        "concurrency 10, async def")), None)
+    base = next((r.steady_rate for r in results if r.system.name == "bgq"
+                 and r.system.config.endswith("concurrency 10, async def")), None)
     print(f"machine: {os.cpu_count()} CPUs ({platform.machine()}), python "
           f"{platform.python_version()}, redis-server {info['redis_version']} (private, "
           f"no persistence), load average {load0[0]:.2f} before, {load1[0]:.2f} after")
