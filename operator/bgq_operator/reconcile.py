@@ -133,7 +133,29 @@ def _essential(status: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+APPLY_ATTEMPTS = 3
+"""Read-compare-replace rounds before a conflict is left to the caller's retry."""
+
+
 async def _apply_deployment(ctx: Context, state: QueueState, spec: BackgroundQueueSpec) -> None:
+    """Create the Deployment or put back drift, re-reading it when it changed under us.
+
+    The replace carries the live resourceVersion, so it can never overwrite a replica count the
+    autoscaler (or the Deployment controller's bookkeeping) wrote in between: such a write makes
+    it fail with 409, and the next round starts again from a fresh read.
+    """
+    for attempt in range(1, APPLY_ATTEMPTS + 1):
+        try:
+            await _apply_deployment_once(ctx, state, spec)
+            return
+        except ConflictError:
+            if attempt == APPLY_ATTEMPTS:
+                raise
+
+
+async def _apply_deployment_once(
+    ctx: Context, state: QueueState, spec: BackgroundQueueSpec
+) -> None:
     name, namespace = state.name, state.namespace
     live = await ctx.kube.get_deployment(namespace, deployment_name(name))
     if live is None:

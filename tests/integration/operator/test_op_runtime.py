@@ -20,7 +20,8 @@ import redis
 import bgq
 from bgq_operator import conditions as cond
 from bgq_operator.autoscaler import Autoscaler
-from bgq_operator.reconcile import Context, reconcile
+from bgq_operator.kube import ConflictError
+from bgq_operator.reconcile import APPLY_ATTEMPTS, Context, reconcile
 from bgq_operator.state import QueueState
 
 NS, NAME = "shop", "orders"
@@ -37,6 +38,7 @@ class FakeKube:
         self.status: dict[str, Any] = {}
         self.events: list[tuple[str, str, str]] = []
         self.calls: list[tuple[float, str, Any]] = []
+        self.conflicts = 0  # replaces that fail with 409 after someone else scales the Deployment
 
     def _rec(self, what: str, arg: Any) -> None:
         self.calls.append((time.monotonic(), what, arg))
@@ -56,6 +58,11 @@ class FakeKube:
         self, namespace: str, body: dict[str, Any], dry_run: bool = False
     ) -> dict[str, Any]:
         live = self.deployments[body["metadata"]["name"]]
+        if self.conflicts:
+            self.conflicts -= 1
+            live["spec"]["replicas"] += 1  # the write that raced the operator's read
+            self._rec("conflict", None)
+            raise ConflictError("replace Deployment", 409, "the object has been modified")
         new = copy.deepcopy(body)
         changed = new["spec"] != live["spec"]
         new["metadata"]["generation"] = live["metadata"]["generation"] + int(changed)
@@ -274,6 +281,27 @@ async def test_drift_is_put_back_without_touching_replicas(
     replaced = sum(1 for _, what, _ in kube.calls if what == "replace")
     await apply(ctx, spec)
     assert sum(1 for _, what, _ in kube.calls if what == "replace") == replaced, "no-op apply"
+
+
+async def test_drift_repair_rereads_after_a_conflict_and_keeps_the_raced_replicas(
+    runtime: tuple[Context, FakeKube, Autoscaler], redis_url: str
+) -> None:
+    ctx, kube, _ = runtime
+    spec = spec_for(redis_url)
+    await apply(ctx, spec)
+    before = kube.deployments["bgq-orders"]["spec"]["replicas"]
+    kube.deployments["bgq-orders"]["spec"]["template"]["spec"]["containers"][0]["image"] = "x:1"
+    kube.conflicts = APPLY_ATTEMPTS - 1  # every round but the last loses the race
+    await apply(ctx, spec)
+    fixed = kube.deployments["bgq-orders"]
+    assert fixed["spec"]["template"]["spec"]["containers"][0]["image"] == "img:1"
+    assert fixed["spec"]["replicas"] == before + APPLY_ATTEMPTS - 1, "raced writes are kept"
+    assert sum(1 for _, what, _ in kube.calls if what == "conflict") == APPLY_ATTEMPTS - 1
+
+    kube.deployments["bgq-orders"]["spec"]["template"]["spec"]["containers"][0]["image"] = "x:2"
+    kube.conflicts = APPLY_ATTEMPTS  # never wins: the caller (kopf) retries later
+    with pytest.raises(ConflictError):
+        await apply(ctx, spec)
 
 
 async def test_invalid_spec_and_missing_secret_become_conditions(
