@@ -52,8 +52,19 @@ REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 
 
 def busy_pods(heartbeats: Sequence[WorkerHeartbeat]) -> int:
-    """Pods whose workers report a job running or fetched."""
-    return len({hb.pod for hb in heartbeats if hb.in_flight > 0 or hb.state == "busy"})
+    """Pods whose workers report a job running or fetched, among the Deployment's replicas.
+
+    A draining worker got SIGTERM because its pod is being deleted: that pod no longer counts
+    as a replica, so its last jobs must not hold an extra replica up while they finish.
+    """
+    leaving = {hb.pod for hb in heartbeats if hb.state == "draining"}
+    return len(
+        {
+            hb.pod
+            for hb in heartbeats
+            if (hb.in_flight > 0 or hb.state == "busy") and hb.pod not in leaving
+        }
+    )
 
 
 def queue_figures(demand: QueueDemand) -> dict[str, Any]:
