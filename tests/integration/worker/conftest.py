@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import redis
@@ -97,10 +97,12 @@ class InProcessWorker:
         return await asyncio.wait_for(self.task, seconds)
 
 
+StartWorker = Callable[..., Awaitable[InProcessWorker]]
+"""The type of the ``start_worker`` fixture."""
+
+
 @pytest.fixture
-async def start_worker(
-    redis_url: str, rdb: redis.Redis
-) -> AsyncIterator[Callable[..., Any]]:
+async def start_worker(redis_url: str, rdb: redis.Redis) -> AsyncIterator[StartWorker]:
     """``await start_worker(consumer=..., **settings)`` -> a running InProcessWorker."""
     started: list[InProcessWorker] = []
 
@@ -166,8 +168,12 @@ class WorkerProcess:
         self._out.close()
 
 
+SpawnWorker = Callable[..., WorkerProcess]
+"""The type of the ``spawn_worker`` fixture."""
+
+
 @pytest.fixture
-def spawn_worker(redis_url: str, rdb: redis.Redis, tmp_path: Path) -> Iterator[Callable[..., Any]]:
+def spawn_worker(redis_url: str, rdb: redis.Redis, tmp_path: Path) -> Iterator[SpawnWorker]:
     """``spawn_worker(name, redis_url=None, **BGQ_env)`` -> WorkerProcess (killed at teardown)."""
     procs: list[WorkerProcess] = []
 
@@ -185,5 +191,5 @@ def spawn_worker(redis_url: str, rdb: redis.Redis, tmp_path: Path) -> Iterator[C
 def worker_alive(rdb: redis.Redis, pod_prefix: str = "") -> list[str]:
     """Consumers with a live heartbeat record."""
     keys = QueueName.parse(QUEUE).keys
-    members = rdb.zrange(keys.workers, 0, -1)
+    members = cast(list[str], rdb.zrange(keys.workers, 0, -1))  # decode_responses=True
     return [c for c in members if c.startswith(pod_prefix) and rdb.exists(keys.worker(c))]

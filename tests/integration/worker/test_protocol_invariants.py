@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any, cast
 
 import pytest
 import redis
@@ -21,19 +22,19 @@ KEYS = QueueName.parse(Q).keys
 
 def entries(r: redis.Redis) -> dict[tuple[str, str], str]:
     """(band, entry id) -> job id for every ready-stream entry (ids repeat across bands)."""
-    out = {}
+    out: dict[tuple[str, str], str] = {}
     for band, key in enumerate(KEYS.ready):
-        for entry_id, fields in r.xrange(key):
+        for entry_id, fields in cast(list[tuple[str, dict[str, str]]], r.xrange(key)):
             out[str(band), entry_id] = fields.get("id", "")
     return out
 
 
 def pending(r: redis.Redis) -> dict[tuple[str, str], str]:
     """(band, entry id) -> owning consumer."""
-    out = {}
+    out: dict[tuple[str, str], str] = {}
     for band, key in enumerate(KEYS.ready):
         try:
-            rows = r.xpending_range(key, "workers", "-", "+", 10_000)
+            rows = cast(list[dict[str, Any]], r.xpending_range(key, "workers", "-", "+", 10_000))
         except redis.ResponseError:
             continue
         for row in rows:
@@ -44,11 +45,11 @@ def pending(r: redis.Redis) -> dict[tuple[str, str], str]:
 def check(r: redis.Redis, ids: set[str]) -> dict[str, str]:
     ents = entries(r)
     pel = pending(r)
-    delayed = set(r.zrange(KEYS.delayed, 0, -1))
-    dead_ids = [f["id"] for _, f in r.xrange(KEYS.dead)]
-    states = {}
+    delayed = set(cast(list[str], r.zrange(KEYS.delayed, 0, -1)))
+    dead_ids = [f["id"] for _, f in cast(list[tuple[str, dict[str, str]]], r.xrange(KEYS.dead))]
+    states: dict[str, str] = {}
     for job_id in ids:
-        h = r.hgetall(KEYS.job(job_id))
+        h = cast(dict[str, str], r.hgetall(KEYS.job(job_id)))
         assert h, f"job {job_id} lost its record"
         state, where = h["state"], (h["band"], h.get("entry", ""))
         states[job_id] = state
@@ -68,16 +69,16 @@ def check(r: redis.Redis, ids: set[str]) -> dict[str, str]:
         if state == "dead":
             assert job_id in dead_ids
     for (band, entry_id), job_id in ents.items():  # no stray entries
-        state = states.get(job_id)
+        job_state = states.get(job_id)
         h_where = tuple(r.hmget(KEYS.job(job_id), "band", "entry"))
         # only a job cancelled while queued leaves its entry behind (fetch drops it later)
-        assert (h_where == (band, entry_id) and state in ("queued", "running")) or (
-            state == "cancelled"), (band, entry_id, job_id, state)
+        assert (h_where == (band, entry_id) and job_state in ("queued", "running")) or (
+            job_state == "cancelled"), (band, entry_id, job_id, job_state)
     return states
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_random_interleavings_keep_every_job_accounted_for(redis_url, seed):
+def test_random_interleavings_keep_every_job_accounted_for(redis_url: str, seed: int) -> None:
     rng = random.Random(seed)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     client = bgq.Client(redis_url)

@@ -6,16 +6,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from typing import Any, cast
 
 import pytest
 import redis
 
 import bgq
 from bgq.protocol import QueueName
-from conftest import QUEUE, await_until
+from conftest import QUEUE, StartWorker, await_until
 
 
-async def test_async_thread_and_process_tasks_return_results(start_worker, redis_url):
+async def test_async_thread_and_process_tasks_return_results(
+    start_worker: StartWorker, redis_url: str
+) -> None:
     await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         a = await client.enqueue(QUEUE, "echo", {"x": [1, 2]})
@@ -29,20 +32,24 @@ async def test_async_thread_and_process_tasks_return_results(start_worker, redis
         assert info.attempt == 1 and info.started_ms >= info.enqueued_ms
 
 
-async def test_retries_follow_backoff_then_succeed(start_worker, redis_url, rdb):
+async def test_retries_follow_backoff_then_succeed(
+    start_worker: StartWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     await start_worker(backoff_base_seconds=0.2, backoff_max_seconds=0.4)
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue(QUEUE, "flaky", "fl", 2)
         assert await client.wait(QUEUE, job.id, timeout=15) == 3
-    times = [float(x.split(":")[1]) for x in rdb.lrange("bgqtest:fl", 0, -1)]
-    attempts = [int(x.split(":")[0]) for x in rdb.lrange("bgqtest:fl", 0, -1)]
+    times = [float(x.split(":")[1]) for x in cast(list[str], rdb.lrange("bgqtest:fl", 0, -1))]
+    attempts = [int(x.split(":")[0]) for x in cast(list[str], rdb.lrange("bgqtest:fl", 0, -1))]
     assert attempts == [1, 2, 3]
     # full jitter: each gap is at most the capped exponential ceiling (+ scheduling slack)
     assert times[1] - times[0] <= 0.2 + 0.5
     assert times[2] - times[1] <= 0.4 + 0.5
 
 
-async def test_exhausted_retries_dead_letter_with_traceback(start_worker, redis_url):
+async def test_exhausted_retries_dead_letter_with_traceback(
+    start_worker: StartWorker, redis_url: str
+) -> None:
     await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue_with(QUEUE, "flaky", args=["fx", 99], retries=1)
@@ -60,7 +67,9 @@ async def test_exhausted_retries_dead_letter_with_traceback(start_worker, redis_
         assert dead[0].task == "flaky"
 
 
-async def test_non_retryable_exception_goes_dead_at_once(start_worker, redis_url):
+async def test_non_retryable_exception_goes_dead_at_once(
+    start_worker: StartWorker, redis_url: str
+) -> None:
     await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue(QUEUE, "picky")
@@ -71,7 +80,7 @@ async def test_non_retryable_exception_goes_dead_at_once(start_worker, redis_url
         assert (await client.get(QUEUE, job.id)).attempt == 1
 
 
-async def test_replay_dead_letter_runs_again(start_worker, redis_url):
+async def test_replay_dead_letter_runs_again(start_worker: StartWorker, redis_url: str) -> None:
     w = await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue_with(QUEUE, "flaky", args=["rp", 1], retries=0)
@@ -88,7 +97,9 @@ async def test_replay_dead_letter_runs_again(start_worker, redis_url):
         assert (await client.stats(QUEUE)).dead == 0
 
 
-async def test_async_timeout_cancels_and_retries_then_dead(start_worker, redis_url, rdb):
+async def test_async_timeout_cancels_and_retries_then_dead(
+    start_worker: StartWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue(QUEUE, "slow_async", "to")
@@ -99,7 +110,9 @@ async def test_async_timeout_cancels_and_retries_then_dead(start_worker, redis_u
     assert rdb.lrange("bgqtest:to", 0, -1) == ["cancelled", "cancelled"]
 
 
-async def test_process_task_hard_timeout_kills_child(start_worker, redis_url, rdb):
+async def test_process_task_hard_timeout_kills_child(
+    start_worker: StartWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue(QUEUE, "cpu_forever", "cf")
@@ -109,7 +122,7 @@ async def test_process_task_hard_timeout_kills_child(start_worker, redis_url, rd
         exc = caught.value
         assert "killed" in exc.error
         assert time.monotonic() - t0 < 10
-    pid = int(rdb.lrange("bgqtest:cf", 0, -1)[0].split(":")[1])
+    pid = int(cast(list[str], rdb.lrange("bgqtest:cf", 0, -1))[0].split(":")[1])
     await await_until(lambda: not _alive(pid), 5, "the child process to be gone")
 
 
@@ -127,7 +140,9 @@ def _alive(pid: int) -> bool:
         return False
 
 
-async def test_cancel_queued_and_running(start_worker, redis_url, rdb):
+async def test_cancel_queued_and_running(
+    start_worker: StartWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     async with bgq.AsyncClient(redis_url) as client:
         queued = await client.enqueue_with(QUEUE, "echo", args=[1], delay=30)
         assert await client.cancel(QUEUE, queued.id) == "cancelled"
@@ -142,7 +157,9 @@ async def test_cancel_queued_and_running(start_worker, redis_url, rdb):
         assert await client.cancel(QUEUE, running.id) == "cancelled"
 
 
-async def test_unique_until_complete_and_idempotent_job_id(start_worker, redis_url):
+async def test_unique_until_complete_and_idempotent_job_id(
+    start_worker: StartWorker, redis_url: str
+) -> None:
     async with bgq.AsyncClient(redis_url) as client:
         a = await client.enqueue_with(QUEUE, "echo", args=[1], unique_key="k1")
         b = await client.enqueue_with(QUEUE, "echo", args=[2], unique_key="k1")
@@ -162,7 +179,7 @@ async def test_unique_until_complete_and_idempotent_job_id(start_worker, redis_u
         assert g.status == "duplicate"
 
 
-async def test_delayed_and_priority(start_worker, redis_url):
+async def test_delayed_and_priority(start_worker: StartWorker, redis_url: str) -> None:
     async with bgq.AsyncClient(redis_url) as client:
         later = await client.enqueue_with(QUEUE, "echo", args=["later"], delay=0.5)
         t0 = time.time()
@@ -172,7 +189,9 @@ async def test_delayed_and_priority(start_worker, redis_url):
         assert info.started_ms / 1000 >= t0 + 0.4
 
 
-async def test_high_priority_band_is_read_first(start_worker, redis_url, rdb):
+async def test_high_priority_band_is_read_first(
+    start_worker: StartWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     async with bgq.AsyncClient(redis_url) as client:
         low = [await client.enqueue_with(QUEUE, "echo", args=[i], priority="low") for i in range(5)]
         high = await client.enqueue_with(QUEUE, "echo", args=["h"], priority="high")
@@ -184,8 +203,8 @@ async def test_high_priority_band_is_read_first(start_worker, redis_url, rdb):
 
 
 async def test_malformed_entries_and_payloads_dead_letter_and_worker_survives(
-    start_worker, redis_url, rdb
-):
+    start_worker: StartWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     keys = QueueName.parse(QUEUE).keys
     w = await start_worker()
     rdb.xadd(keys.ready[1], {"junk": "1"})  # no id field
@@ -206,10 +225,11 @@ async def test_malformed_entries_and_payloads_dead_letter_and_worker_survives(
         assert dead["unknown-task"].job_id == unknown.id
         assert dead["result-not-serialisable"].job_id == bad_result.id
         assert "has no \"id\" field" in dead["malformed-entry"].error
+    assert w.task is not None
     assert not w.task.done()
 
 
-def test_stale_ack_after_reclaim_is_rejected(redis_url, rdb):
+def test_stale_ack_after_reclaim_is_rejected(redis_url: str, rdb: redis.Redis) -> None:
     """Worker A's lease expires, B reclaims the job; A's late completion is rejected."""
     import json
 
@@ -221,16 +241,16 @@ def test_stale_ack_after_reclaim_is_rejected(redis_url, rdb):
     client = bgq.Client(redis_url)
     job = client.enqueue(QUEUE, "echo", 1)
 
-    def fetch(consumer: str, lease_ms: int) -> list:
+    def fetch(consumer: str, lease_ms: int) -> list[Any]:
         now = int(time.time() * 1000)
         reply = SCRIPTS.fetch.run(rdb, [keys.ready[1]], [keys.prefix, consumer, 10, now,
                                                          lease_ms, 5, 60000, 60000])
-        return json.loads(reply[2])
+        return cast(list[Any], json.loads(reply[2]))
 
-    def settle(*record) -> list:
+    def settle(*record: Any) -> list[Any]:
         now = int(time.time() * 1000)
-        return SCRIPTS.settle.run(rdb, [keys.ready[1]],
-                                  [keys.prefix, now, 60000, 60000, json.dumps([record])])
+        return cast(list[Any], SCRIPTS.settle.run(
+            rdb, [keys.ready[1]], [keys.prefix, now, 60000, 60000, json.dumps([record])]))
 
     a = fetch("A", 100)
     assert len(a) == 6
@@ -250,8 +270,10 @@ def test_stale_ack_after_reclaim_is_rejected(redis_url, rdb):
     client.close()
 
 
-def test_errors_are_clear(redis_url):
+def test_errors_are_clear(redis_url: str) -> None:
     client = bgq.Client(redis_url, max_payload_bytes=1000)
+    caught: pytest.ExceptionInfo[bgq.BgqError]  # both reused for each expected error below
+    exc: bgq.BgqError
     with pytest.raises(bgq.PayloadError) as caught:
         client.enqueue(QUEUE, "echo", "x" * 2000)
     exc = caught.value
@@ -279,7 +301,9 @@ def test_errors_are_clear(redis_url):
     assert isinstance(redis.Redis, type)
 
 
-async def test_thread_task_timeout_sets_cancel_requested(start_worker, redis_url, rdb):
+async def test_thread_task_timeout_sets_cancel_requested(
+    start_worker: StartWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue(QUEUE, "thread_overrun", "tt")
@@ -290,16 +314,20 @@ async def test_thread_task_timeout_sets_cancel_requested(start_worker, redis_url
     assert rdb.lrange("bgqtest:tt", 0, -1) == ["cancel_requested:True"]
 
 
-async def test_retry_exception_with_explicit_delay(start_worker, redis_url, rdb):
+async def test_retry_exception_with_explicit_delay(
+    start_worker: StartWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     await start_worker()
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue(QUEUE, "retry_later", "rl")
         assert await client.wait(QUEUE, job.id, timeout=10) == 2
-    t1, t2 = (float(x.split(":")[1]) for x in rdb.lrange("bgqtest:rl", 0, -1))
+    t1, t2 = (float(x.split(":")[1]) for x in cast(list[str], rdb.lrange("bgqtest:rl", 0, -1)))
     assert 0.45 <= t2 - t1 <= 1.5
 
 
-async def test_lost_lease_stops_local_run_without_settling(start_worker, redis_url, rdb):
+async def test_lost_lease_stops_local_run_without_settling(
+    start_worker: StartWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     keys = QueueName.parse(QUEUE).keys
     w = await start_worker(lease_seconds=0.6)
     async with bgq.AsyncClient(redis_url) as client:
@@ -313,12 +341,15 @@ async def test_lost_lease_stops_local_run_without_settling(start_worker, redis_u
         assert w.worker.metrics.counts["succeeded"] == 0
 
 
-async def test_drain_hands_back_a_job_that_ignores_cancellation(start_worker, redis_url, rdb):
+async def test_drain_hands_back_a_job_that_ignores_cancellation(
+    start_worker: StartWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     w = await start_worker(drain_seconds=0.2)
     async with bgq.AsyncClient(redis_url) as client:
         job = await client.enqueue(QUEUE, "stubborn", "sb")
         await await_until(lambda: rdb.llen("bgqtest:sb") == 1, 10, "the job to start")
         w.worker.request_stop()
+        assert w.task is not None
         assert await asyncio.wait_for(w.task, 10) == 0
         info = await client.get(QUEUE, job.id)
         assert info.state is bgq.JobState.QUEUED and info.attempt == 1

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import redis
 
 import bgq
 from bgq.testing import fetch_jobs, settle_jobs
 from conftest import QUEUE
 
 
-def test_enqueue_many_reports_each_outcome(redis_url):
+def test_enqueue_many_reports_each_outcome(redis_url: str) -> None:
     with bgq.Client(redis_url) as client:
         first = client.enqueue_with(QUEUE, "echo", args=[0], job_id="same")
         jobs = client.enqueue_many(
@@ -34,7 +35,7 @@ def test_enqueue_many_reports_each_outcome(redis_url):
         assert client.stats(QUEUE).delayed == 0
 
 
-def test_wait_times_out_then_sees_the_result(redis_url, rdb):
+def test_wait_times_out_then_sees_the_result(redis_url: str, rdb: redis.Redis) -> None:
     with bgq.Client(redis_url) as client:
         job = client.enqueue(QUEUE, "echo", 5)
         with pytest.raises(bgq.WaitTimeout, match=job.id):
@@ -46,7 +47,7 @@ def test_wait_times_out_then_sees_the_result(redis_url, rdb):
         assert settle_jobs(rdb, QUEUE, [("ok", delivery, "11", "", "")]) == [False]
 
 
-async def test_async_wait_wakes_on_completion(redis_url, rdb):
+async def test_async_wait_wakes_on_completion(redis_url: str, rdb: redis.Redis) -> None:
     import asyncio
     import time
 

@@ -7,14 +7,20 @@ import io
 import json
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import httpx
+import redis
 import redis.asyncio
 
 import bgq
 from bgq.logs import JobContextFilter, JsonFormatter
 from bgq.stats import read_demand, read_workers
-from conftest import QUEUE, await_until
+from conftest import QUEUE, StartWorker, await_until
+
+T = TypeVar("T")
+Beat = Callable[[], Awaitable[bgq.WorkerHeartbeat | None]]
 
 
 def free_port() -> int:
@@ -25,7 +31,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def test_heartbeat_record_follows_idle_busy_draining(start_worker, redis_url, rdb):
+async def test_heartbeat_record_follows_idle_busy_draining(
+    start_worker: StartWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     r = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
     w = await start_worker(consumer="pod-a:42", pod_name="pod-a", concurrency=4)
 
@@ -45,18 +53,21 @@ async def test_heartbeat_record_follows_idle_busy_draining(start_worker, redis_u
         w.worker.request_stop()
         draining = await await_until_async(lambda: _state(beat, "draining"), 3, "draining")
         assert draining.in_flight == 1
+        assert w.task is not None
         assert await w.task == 0
         assert (await client.get(QUEUE, job.id)).state is bgq.JobState.SUCCEEDED
     assert await read_workers(r, QUEUE) == []
     await r.aclose()
 
 
-async def _state(beat, state):
+async def _state(beat: Beat, state: str) -> bgq.WorkerHeartbeat | None:
     hb = await beat()
     return hb if hb is not None and hb.state == state else None
 
 
-async def await_until_async(fn, seconds, what):
+async def await_until_async(
+    fn: Callable[[], Awaitable[T | None]], seconds: float, what: str
+) -> T:
     deadline = time.monotonic() + seconds
     while True:
         value = await fn()
@@ -66,7 +77,7 @@ async def await_until_async(fn, seconds, what):
         await asyncio.sleep(0.02)
 
 
-async def test_livez_readyz_metrics(start_worker, redis_url):
+async def test_livez_readyz_metrics(start_worker: StartWorker, redis_url: str) -> None:
     port = free_port()
     w = await start_worker(http_port=port)
     base = f"http://127.0.0.1:{port}"
@@ -90,10 +101,11 @@ async def test_livez_readyz_metrics(start_worker, redis_url):
         ready = await http.get("/readyz")
         assert ready.status_code == 503 and ready.text == "draining\n"
         assert (await http.get("/livez")).status_code == 200  # draining is alive
+        assert w.task is not None
         await w.task
 
 
-async def test_logs_carry_job_and_trace_ids(start_worker, redis_url):
+async def test_logs_carry_job_and_trace_ids(start_worker: StartWorker, redis_url: str) -> None:
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
     handler.addFilter(JobContextFilter())
@@ -117,7 +129,7 @@ async def test_logs_carry_job_and_trace_ids(start_worker, redis_url):
     assert "RuntimeError" in retry["error"] and retry["level"] == "WARNING"
 
 
-async def test_read_demand_many_queues_one_round_trip(redis_url, rdb):
+async def test_read_demand_many_queues_one_round_trip(redis_url: str, rdb: redis.Redis) -> None:
     r = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
     async with bgq.AsyncClient(redis_url) as client:
         for _ in range(3):
@@ -131,14 +143,15 @@ async def test_read_demand_many_queues_one_round_trip(redis_url, rdb):
 
     fetch_jobs(rdb, "a/x", count=2)
     now = int(time.time() * 1000)
-    calls = []
-    orig = r.connection_pool.get_connection
+    calls: list[int] = []
+    pool: Any = r.connection_pool  # its method is replaced below: not type-checkable
+    orig = pool.get_connection
 
-    async def counting(*a, **k):
+    async def counting(*a: Any, **k: Any) -> Any:
         calls.append(1)
         return await orig(*a, **k)
 
-    r.connection_pool.get_connection = counting
+    pool.get_connection = counting
     demand = await read_demand(r, ["a/x", "a/y", "b/never"], now, due_window_ms=5000)
     assert len(calls) == 1
     x, y, never = demand["a/x"], demand["a/y"], demand["b/never"]
@@ -149,7 +162,7 @@ async def test_read_demand_many_queues_one_round_trip(redis_url, rdb):
     await r.aclose()
 
 
-async def test_enqueue_publishes_wake_rate_limited(redis_url):
+async def test_enqueue_publishes_wake_rate_limited(redis_url: str) -> None:
     r = redis.asyncio.Redis.from_url(redis_url, decode_responses=True)
     pubsub = r.pubsub()
     await pubsub.subscribe("bgq:wake")
@@ -165,5 +178,5 @@ async def test_enqueue_publishes_wake_rate_limited(redis_url):
         await client.enqueue("w/q", "echo", 1)
         again = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
         assert again is not None and again["data"] == "w/q"
-    await pubsub.aclose()
+    await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     await r.aclose()

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import TYPE_CHECKING, cast
 
 import pytest
 import redis
 
 import bgq
 from bgq.protocol import QueueName
-from conftest import QUEUE, wait_until, worker_alive
+from conftest import QUEUE, SpawnWorker, wait_until, worker_alive
+
+if TYPE_CHECKING:
+    from tests.conftest import RedisServer
 
 KEYS = QueueName.parse(QUEUE).keys
 
@@ -20,10 +24,12 @@ def states(rdb: redis.Redis, ids: list[str]) -> list[str | None]:
     pipe = rdb.pipeline(transaction=False)
     for i in ids:
         pipe.hget(KEYS.job(i), "state")
-    return pipe.execute()
+    return cast(list[str | None], pipe.execute())
 
 
-def test_10k_jobs_two_worker_processes_none_lost(spawn_worker, redis_url, rdb):
+def test_10k_jobs_two_worker_processes_none_lost(
+    spawn_worker: SpawnWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     n = 10_000
     client = bgq.Client(redis_url)
     jobs = client.enqueue_many(QUEUE, [bgq.JobSpec("echo", args=[i]) for i in range(n)])
@@ -43,11 +49,13 @@ def test_10k_jobs_two_worker_processes_none_lost(spawn_worker, redis_url, rdb):
     assert owners == {a.name, b.name}, owners
     demand = client.stats(QUEUE)
     assert (demand.backlog, demand.in_flight, demand.dead) == (0, 0, 0)
-    assert int(rdb.hget(KEYS.stats, "succeeded")) == n  # each exactly once, no duplicates
+    assert int(cast(str, rdb.hget(KEYS.stats, "succeeded"))) == n  # each once, no duplicates
     client.close()
 
 
-def test_sigkill_mid_job_completes_elsewhere_within_lease_plus_15s(spawn_worker, redis_url, rdb):
+def test_sigkill_mid_job_completes_elsewhere_within_lease_plus_15s(
+    spawn_worker: SpawnWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     lease = 2.0
     client = bgq.Client(redis_url)
     a = spawn_worker("a", BGQ_LEASE_SECONDS=lease)
@@ -70,7 +78,9 @@ def test_sigkill_mid_job_completes_elsewhere_within_lease_plus_15s(spawn_worker,
     client.close()
 
 
-def test_sigterm_drain_contract(spawn_worker, redis_url, rdb):
+def test_sigterm_drain_contract(
+    spawn_worker: SpawnWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     drain = 4.0
     client = bgq.Client(redis_url)
     w = spawn_worker("d", BGQ_CONCURRENCY=3, BGQ_PREFETCH=3, BGQ_DRAIN_SECONDS=drain)
@@ -107,15 +117,19 @@ def test_sigterm_drain_contract(spawn_worker, redis_url, rdb):
     # nothing lost: another worker runs the handed-back jobs
     spawn_worker("e")
     for i, job_id in enumerate(unstarted):
-        wait_until(lambda job_id=job_id: client.get(QUEUE, job_id).state is bgq.JobState.SUCCEEDED,
-                   10, "handed-back job to run")
+        def succeeded(job_id: str = job_id) -> bool:
+            return client.get(QUEUE, job_id).state is bgq.JobState.SUCCEEDED
+
+        wait_until(succeeded, 10, "handed-back job to run")
         assert client.get(QUEUE, job_id).result == i
     wait_until(lambda: rdb.llen("bgqtest:over") == 2, 10, "the overdue job to start again")
     assert client.cancel(QUEUE, overdue.id) == "cancelling"
     client.close()
 
 
-def test_second_sigterm_skips_to_deadline(spawn_worker, redis_url, rdb):
+def test_second_sigterm_skips_to_deadline(
+    spawn_worker: SpawnWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     client = bgq.Client(redis_url)
     w = spawn_worker("s", BGQ_DRAIN_SECONDS=60)
     wait_until(lambda: worker_alive(rdb, w.name), 15, "the worker to start")
@@ -130,7 +144,9 @@ def test_second_sigterm_skips_to_deadline(spawn_worker, redis_url, rdb):
     client.close()
 
 
-def test_poison_pill_stops_after_max_deliveries(spawn_worker, redis_url, rdb):
+def test_poison_pill_stops_after_max_deliveries(
+    spawn_worker: SpawnWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     client = bgq.Client(redis_url)
     job = client.enqueue(QUEUE, "kill_my_worker", "pp")
     env = {"BGQ_LEASE_SECONDS": 1, "BGQ_MAX_DELIVERIES": 2}
@@ -152,7 +168,9 @@ def test_poison_pill_stops_after_max_deliveries(spawn_worker, redis_url, rdb):
 
 
 @pytest.mark.slow
-def test_redis_restart_loses_nothing(spawn_worker, persistent_redis, rdb):
+def test_redis_restart_loses_nothing(
+    spawn_worker: SpawnWorker, persistent_redis: RedisServer, rdb: redis.Redis
+) -> None:
     url = persistent_redis.url
     rdb_p = redis.Redis.from_url(url, decode_responses=True)
     client = bgq.Client(url)
@@ -179,7 +197,9 @@ def test_redis_restart_loses_nothing(spawn_worker, persistent_redis, rdb):
 
 
 @pytest.mark.slow
-def test_random_sigkills_lose_nothing(spawn_worker, redis_url, rdb):
+def test_random_sigkills_lose_nothing(
+    spawn_worker: SpawnWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     """Chaos: three workers, one SIGKILLed every ~0.6 s and replaced; every job succeeds once."""
     import random
 
@@ -206,13 +226,15 @@ def test_random_sigkills_lose_nothing(spawn_worker, redis_url, rdb):
     for i in ids:
         pipe.hget(KEYS.job(i), "result")
     assert [int(x) for x in pipe.execute()] == list(range(n))
-    assert int(rdb.hget(KEYS.stats, "succeeded")) == n  # fenced: one success per job
+    assert int(cast(str, rdb.hget(KEYS.stats, "succeeded"))) == n  # fenced: one success per job
     assert kills == 5 and int(rdb.hget(KEYS.stats, "reclaimed") or 0) >= 1
     assert client.stats(QUEUE).dead == 0
     client.close()
 
 
-def test_sigterm_with_a_blocked_thread_task_still_exits_promptly(spawn_worker, redis_url, rdb):
+def test_sigterm_with_a_blocked_thread_task_still_exits_promptly(
+    spawn_worker: SpawnWorker, redis_url: str, rdb: redis.Redis
+) -> None:
     client = bgq.Client(redis_url)
     w = spawn_worker("t", BGQ_DRAIN_SECONDS=0.5)
     job = client.enqueue(QUEUE, "thread_sleep", 60, "ts")
