@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from typing import Any, cast
 
 import pytest
 
@@ -37,7 +38,9 @@ def run(
     memory = memory or ScalingMemory()
     out: list[Decision] = []
     for now, fields in steps:
-        obs = Observation(now=now, current_replicas=current, ready_replicas=current, **fields)
+        # cast: mypy checks each int against every field, redis_ok: bool included
+        obs = Observation(now=now, current_replicas=current, ready_replicas=current,
+                          **cast(dict[str, Any], fields))
         decision = decide(policy, obs, memory)
         out.append(decision)
         memory, current = decision.memory, decision.desired

@@ -25,8 +25,8 @@ def sim() -> ModuleType:
 
 
 def args(**over: object) -> argparse.Namespace:
-    base = {"seed": 7, "dt": 0.1, "concurrency": 10, "max_replicas": 60, "start_delay": 2.0,
-            "grace": 30.0, "tuned": False}
+    base: dict[str, object] = {"seed": 7, "dt": 0.1, "concurrency": 10, "max_replicas": 60,
+                               "start_delay": 2.0, "grace": 30.0, "tuned": False}
     base.update(over)
     return argparse.Namespace(**base)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import random
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -23,7 +24,7 @@ from bgq.task import lookup
 # ---------------------------------------------------------------- queue names
 
 
-def test_queue_name_full_and_bare():
+def test_queue_name_full_and_bare() -> None:
     assert str(QueueName.parse("shop/emails", "x")) == "shop/emails"
     assert str(QueueName.parse("emails", "team-a")) == "team-a/emails"
     q = QueueName.parse("shop/emails")
@@ -46,12 +47,12 @@ def test_queue_name_full_and_bare():
         ("shop/e_mails", "not a DNS-1123 label"),
     ],
 )
-def test_queue_name_errors_say_what_is_wrong(text, message):
+def test_queue_name_errors_say_what_is_wrong(text: str, message: str) -> None:
     with pytest.raises(bgq.InvalidQueueName, match=message):
         QueueName.parse(text, "default")
 
 
-def test_namespace_resolution_order(monkeypatch):
+def test_namespace_resolution_order(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BGQ_NAMESPACE", "from-env")
     assert resolve_namespace("explicit") == "explicit"
     assert resolve_namespace() == "from-env"
@@ -61,14 +62,14 @@ def test_namespace_resolution_order(monkeypatch):
 
 
 @given(st.from_regex(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", fullmatch=True))
-def test_every_dns_label_is_a_valid_name(label):
+def test_every_dns_label_is_a_valid_name(label: str) -> None:
     assert QueueName.parse(f"{label}/{label}").name == label
 
 
 # ---------------------------------------------------------------- envelope, ids
 
 
-def test_envelope_roundtrip_and_forward_compatibility():
+def test_envelope_roundtrip_and_forward_compatibility() -> None:
     raw = json.dumps({"v": 1, "id": "a", "task": "t", "enqueued_at": 5, "future_field": [1]})
     env = Envelope.model_validate_json(raw)
     assert env.args == [] and env.kwargs == {} and env.priority == 1
@@ -86,12 +87,12 @@ def test_envelope_roundtrip_and_forward_compatibility():
         {"v": 1, "id": "a", "task": "t", "enqueued_at": 1, "args": {"x": 1}},
     ],
 )
-def test_envelope_rejects_invalid(bad):
+def test_envelope_rejects_invalid(bad: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
         Envelope.model_validate_json(json.dumps(bad))
 
 
-def test_job_ids():
+def test_job_ids() -> None:
     assert check_job_id("order-42:v1") == "order-42:v1"
     for bad in ("", "has space", "x" * 201, "a{b}"):
         with pytest.raises(bgq.ConfigError):
@@ -102,12 +103,14 @@ def test_job_ids():
 
 
 @given(st.integers(1, 100), st.floats(0, 10), st.floats(0, 1000))
-def test_backoff_is_full_jitter_within_the_capped_ceiling(failures, base, cap):
+def test_backoff_is_full_jitter_within_the_capped_ceiling(
+    failures: int, base: float, cap: float
+) -> None:
     value = backoff_seconds(failures, base, cap, random.Random(failures))
     assert 0 <= value <= min(cap, base * 2 ** (failures - 1)) + 1e-9
 
 
-def test_backoff_grows_exponentially_on_average():
+def test_backoff_grows_exponentially_on_average() -> None:
     rng = random.Random(1)
     means = [sum(backoff_seconds(n, 1, 1000, rng) for _ in range(2000)) / 2000 for n in (1, 3, 5)]
     assert means[0] == pytest.approx(0.5, rel=0.15)
@@ -119,7 +122,7 @@ def test_backoff_grows_exponentially_on_average():
 # ---------------------------------------------------------------- settings
 
 
-def test_settings_from_environment(monkeypatch):
+def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BGQ_REDIS_URL", "rediss://r:6380/1")
     monkeypatch.setenv("BGQ_QUEUE", "ns/q")
     monkeypatch.setenv("BGQ_CONCURRENCY", "7")
@@ -140,13 +143,15 @@ def test_settings_from_environment(monkeypatch):
     [("BGQ_CONCURRENCY", "0"), ("BGQ_LOG_LEVEL", "LOUD"), ("BGQ_HTTP_PORT", "70000"),
      ("BGQ_LEASE_SECONDS", "0")],
 )
-def test_settings_reject_bad_values(monkeypatch, var, value):
+def test_settings_reject_bad_values(monkeypatch: pytest.MonkeyPatch, var: str, value: str) -> None:
     monkeypatch.setenv(var, value)
     with pytest.raises(ValueError, match=var.removeprefix("BGQ_").lower()):
         Settings()
 
 
-def test_worker_main_reports_configuration_errors(monkeypatch, capsys):
+def test_worker_main_reports_configuration_errors(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     from bgq.worker import main
 
     monkeypatch.delenv("BGQ_TASKS_MODULE", raising=False)
@@ -165,11 +170,11 @@ def test_worker_main_reports_configuration_errors(monkeypatch, capsys):
 # ---------------------------------------------------------------- client argument checks
 
 
-def core(**kw) -> _Core:
+def core(**kw: Any) -> _Core:
     return _Core("redis://x", "ns", None, None, kw.get("max_payload"), None)
 
 
-def test_enqueue_call_layout():
+def test_enqueue_call_layout() -> None:
     keys, argv = core().enqueue_call("q", JobSpec("t", [1], {"a": 2}, job_id="j1", priority="high",
                                                   unique_key="u", unique_ttl=1.5))
     assert keys == ["bgq:{ns/q}:job:j1", "bgq:{ns/q}:ready:0", "bgq:{ns/q}:delayed",
@@ -181,7 +186,7 @@ def test_enqueue_call_layout():
     assert env.headers["traceparent"].startswith("00-") and len(env.headers["traceparent"]) == 55
 
 
-def test_enqueue_delay_and_eta():
+def test_enqueue_delay_and_eta() -> None:
     _, argv = core().enqueue_call("q", JobSpec("t", delay=dt.timedelta(seconds=2)))
     assert argv[3] - argv[4] == 2000
     eta = dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
@@ -203,12 +208,12 @@ def test_enqueue_delay_and_eta():
         (JobSpec(42), "task must be a task name"),
     ],
 )
-def test_enqueue_option_errors(spec, message):
+def test_enqueue_option_errors(spec: JobSpec, message: str) -> None:
     with pytest.raises(bgq.ConfigError, match=message):
         core().enqueue_call("q", spec)
 
 
-def test_payload_errors_name_the_argument_and_the_limit():
+def test_payload_errors_name_the_argument_and_the_limit() -> None:
     with pytest.raises(bgq.PayloadError, match=r"argument 1 \(bytes\) of task 't'"):
         core().enqueue_call("q", JobSpec("t", ["ok", b"raw"]))
     with pytest.raises(bgq.PayloadError, match="keyword argument 'x'"):
@@ -217,7 +222,7 @@ def test_payload_errors_name_the_argument_and_the_limit():
         core(max_payload=300).enqueue_call("q", JobSpec("t", ["x" * 400]))
 
 
-def test_unknown_enqueue_option_is_a_clear_error():
+def test_unknown_enqueue_option_is_a_clear_error() -> None:
     with pytest.raises(bgq.ConfigError, match="unknown enqueue option"):
         _Core.spec("t", (), None, {"delay_seconds": 3})
 
@@ -225,7 +230,7 @@ def test_unknown_enqueue_option_is_a_clear_error():
 # ---------------------------------------------------------------- tasks
 
 
-def test_task_decorator_and_registry():
+def test_task_decorator_and_registry() -> None:
     @bgq.task(name="unit_add", retries=2, timeout=5)
     def add(a: int, b: int) -> int:
         return a + b
@@ -247,7 +252,7 @@ def test_task_decorator_and_registry():
         bgq.task(retry_on=(int,))(lambda: None)  # type: ignore[arg-type]
 
 
-def test_current_job_outside_a_job_raises():
+def test_current_job_outside_a_job_raises() -> None:
     with pytest.raises(bgq.BgqError, match="outside a running bgq job"):
         bgq.current_job()
 
@@ -255,7 +260,7 @@ def test_current_job_outside_a_job_raises():
 # ---------------------------------------------------------------- metrics, redaction
 
 
-def test_metrics_render_counters_and_histograms():
+def test_metrics_render_counters_and_histograms() -> None:
     m = Metrics("ns/q")
     m.counts["succeeded"] += 3
     m.drain["released_deadline"] += 1
@@ -272,7 +277,7 @@ def test_metrics_render_counters_and_histograms():
     assert "bgq_stale_acks_total" in text and "bgq_lease_renewals_total" in text
 
 
-def test_redact_hides_passwords():
+def test_redact_hides_passwords() -> None:
     assert redact("redis://:s3cret@h:6379/0") == "redis://:***@h:6379/0"
     assert redact("rediss://user:pw@h/1") == "rediss://user:***@h/1"
     assert redact("redis://h:6379/0") == "redis://h:6379/0"
