@@ -38,7 +38,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Protocol, TypeVar
 
 import prometheus_client
 import redis
@@ -71,6 +71,7 @@ DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH = 1000
 _LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _QUEUE = "/v1/queues/{namespace}/{name}"
+_Body = TypeVar("_Body", bound=BaseModel)
 
 
 # -- request models --------------------------------------------------------------------------------
@@ -370,9 +371,12 @@ class Gateway:
             message = f"body: not valid JSON ({exc})"
             return None, _error(400, "invalid_json", message, field="body")
 
-    # -- routes ------------------------------------------------------------------------------
+    def _queue_and_body(self, request: Request, model: type[_Body]) -> tuple[str, _Body] | Response:
+        """The queue from the path and the JSON body validated as ``model``, or the 400 answer.
 
-    async def _enqueue(self, request: Request) -> Response:
+        Shared by the handlers that take a body, so each problem is answered the same way and
+        in the same order: bad queue name, then missing or malformed JSON, then invalid fields.
+        """
         queue, problem = self._queue(request)
         if problem:
             return problem
@@ -380,9 +384,17 @@ class Gateway:
         if problem:
             return problem
         try:
-            job = EnqueueRequest.model_validate(data)
+            return queue, model.model_validate(data)
         except ValidationError as exc:
             return _validation_error(exc)
+
+    # -- routes ------------------------------------------------------------------------------
+
+    async def _enqueue(self, request: Request) -> Response:
+        parsed = self._queue_and_body(request, EnqueueRequest)
+        if isinstance(parsed, Response):
+            return parsed
+        queue, job = parsed
         outcome = await self.backend.enqueue(queue, job)
         if outcome.created:
             self.metrics.enqueued.labels(queue).inc()
@@ -397,16 +409,10 @@ class Gateway:
         )
 
     async def _enqueue_batch(self, request: Request) -> Response:
-        queue, problem = self._queue(request)
-        if problem:
-            return problem
-        data, problem = self._json_body(request)
-        if problem:
-            return problem
-        try:
-            batch = BatchRequest.model_validate(data)
-        except ValidationError as exc:
-            return _validation_error(exc)
+        parsed = self._queue_and_body(request, BatchRequest)
+        if isinstance(parsed, Response):
+            return parsed
+        queue, batch = parsed
         outcomes = await self.backend.enqueue_many(queue, batch.jobs)
         created = sum(1 for o in outcomes if o.created)
         if created:
