@@ -153,6 +153,18 @@ async def _apply_deployment(ctx: Context, state: QueueState, spec: BackgroundQue
                 raise
 
 
+def _adopt(state: QueueState, body: dict[str, Any]) -> DeploymentView:
+    """Take ``body`` as the Deployment this reconcile left in place.
+
+    Its generation becomes the operator's own (``written_generation``), so the watch event our
+    write triggers is not mistaken for someone else's edit.
+    """
+    view = DeploymentView.from_body(body)
+    state.deployment = view
+    state.written_generation = view.generation
+    return view
+
+
 async def _apply_deployment_once(
     ctx: Context, state: QueueState, spec: BackgroundQueueSpec
 ) -> None:
@@ -161,12 +173,10 @@ async def _apply_deployment_once(
     if live is None:
         body = build_deployment(name, namespace, state.uid, spec, initial_replicas(spec))
         created = await ctx.kube.create_deployment(namespace, body)
-        state.deployment = DeploymentView.from_body(created)
-        state.written_generation = state.deployment.generation
+        view = _adopt(state, created)
         await post_event(
             ctx, state, "Normal", "DeploymentCreated",
-            f"created Deployment {deployment_name(name)} with {state.deployment.replicas} "
-            "replicas",
+            f"created Deployment {deployment_name(name)} with {view.replicas} replicas",
         )  # fmt: skip
         return
     replicas = int((live.get("spec") or {}).get("replicas") or 0)
@@ -176,16 +186,14 @@ async def _apply_deployment_once(
     diffs = _drifted(live, would_be)
     if diffs:
         updated = await ctx.kube.replace_deployment(namespace, body)
-        state.deployment = DeploymentView.from_body(updated)
-        state.written_generation = state.deployment.generation
+        _adopt(state, updated)
         await post_event(
             ctx, state, "Normal", "DeploymentUpdated",
             f"Deployment {deployment_name(name)} brought back to the spec ({', '.join(diffs)} "
             "differed); replicas left as they were",
         )  # fmt: skip
     else:
-        state.deployment = DeploymentView.from_body(live)
-        state.written_generation = state.deployment.generation
+        _adopt(state, live)
 
 
 async def check_redis(ctx: Context, state: QueueState) -> None:
