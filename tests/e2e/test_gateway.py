@@ -19,10 +19,9 @@ from typing import Any
 from tests.e2e.kube import Cluster, HostRedis
 from tests.e2e.test_helm import (
     CHART,
-    CRD_NAME,
     RESTRICTED_CONTAINER,
-    ROOT,
     pod_finished,
+    prepare_namespace,
     split_image,
     wait_operator_ready,
 )
@@ -177,13 +176,7 @@ def test_gateway_enqueues_through_the_chart_service(
     worker_image: str,
     namespace: str,
 ) -> None:
-    cluster.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / f"{CRD_NAME}.yaml")
-    )  # fmt: skip
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
-    cluster.kubectl(
-        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
-    )
+    prepare_namespace(cluster, namespace)
     cluster.apply(
         [
             secret(namespace, "queues-redis", "url", cluster_redis.url_for_pods),

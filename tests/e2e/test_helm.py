@@ -176,6 +176,22 @@ def wait_operator_ready(cluster: Cluster, namespace: str) -> None:
         time.sleep(0.5)
 
 
+def prepare_namespace(cluster: Cluster, namespace: str) -> None:
+    """Install the CRD and make ``namespace`` enforce the "restricted" Pod Security level.
+
+    The chart is installed with ``crds.install=false``, so the CRD is applied here and waited on
+    until Established. Every pod of the release, the test hooks and the workers must pass
+    "restricted".
+    """
+    cluster.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / f"{CRD_NAME}.yaml")
+    )
+    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
+    cluster.kubectl(
+        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
+    )
+
+
 @pytest.mark.parametrize("scope", ["namespaced", "cluster"])
 def test_helm_install_example_queue_helm_test_uninstall(
     scope: str,
@@ -185,14 +201,7 @@ def test_helm_install_example_queue_helm_test_uninstall(
     worker_image: str,
     namespace: str,
 ) -> None:
-    cluster.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", str(ROOT / "crds" / f"{CRD_NAME}.yaml")
-    )
-    cluster.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
-    # every pod of the release, the test hooks and the workers must pass "restricted"
-    cluster.kubectl(
-        "label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted"
-    )
+    prepare_namespace(cluster, namespace)
     op_repo, op_tag = split_image(operator_image)
     wk_repo, wk_tag = split_image(worker_image)
     install = cluster.helm(
