@@ -16,11 +16,16 @@ import redis.asyncio
 
 NAMES = ("enqueue", "fetch", "settle", "renew", "cancel", "orphans", "replay", "demand")
 
+PRELUDE = "_finish"
+"""``bgq/lua/_finish.lua``: final-state bookkeeping shared by :data:`WITH_PRELUDE`."""
+WITH_PRELUDE = frozenset({"fetch", "settle", "cancel"})
+
 
 @cache
 def source(name: str) -> str:
-    """The text of ``bgq/lua/<name>.lua``."""
-    return resources.files("bgq").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    """The text Redis runs for ``bgq/lua/<name>.lua`` (with the shared prelude if it needs it)."""
+    text = resources.files("bgq").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+    return source(PRELUDE) + text if name in WITH_PRELUDE else text
 
 
 class Script:
@@ -66,4 +71,4 @@ class Scripts:
 
 SCRIPTS = Scripts()
 
-__all__ = ["NAMES", "SCRIPTS", "Script", "Scripts", "source"]
+__all__ = ["NAMES", "PRELUDE", "SCRIPTS", "WITH_PRELUDE", "Script", "Scripts", "source"]

@@ -22,13 +22,7 @@ end
 redis.call('ZREM', P .. ':delayed', id)
 redis.call('HSET', job, 'state', 'cancelled', 'finished_ms', now)
 redis.call('PEXPIRE', job, ttl)
-if h[2] and h[2] ~= '' and h[3] == '0' then
-  local ukey = P .. ':uniq:' .. h[2]
-  if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
-end
-if h[4] == '1' then
-  redis.call('RPUSH', P .. ':done:' .. id, 'cancelled')
-  redis.call('PEXPIRE', P .. ':done:' .. id, 60000)
-end
+release_unique(P, id, h[2], h[3])
+notify_done(P, id, h[4], 'cancelled')
 redis.call('HINCRBY', P .. ':stats', 'cancelled', 1)
 return 'cancelled'

@@ -47,14 +47,8 @@ local function finish_dead(job, id, reason, err)
   redis.call('HSET', job, 'state', 'dead', 'reason', reason, 'error', err, 'finished_ms', now)
   redis.call('PEXPIRE', job, result_ttl)
   local u = redis.call('HMGET', job, 'uniq', 'uniq_ttl', 'w')
-  if u[1] and u[1] ~= '' and u[2] == '0' then
-    local ukey = P .. ':uniq:' .. u[1]
-    if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
-  end
-  if u[3] == '1' then
-    redis.call('RPUSH', P .. ':done:' .. id, 'dead')
-    redis.call('PEXPIRE', P .. ':done:' .. id, 60000)
-  end
+  release_unique(P, id, u[1], u[2])
+  notify_done(P, id, u[3], 'dead')
 end
 
 -- deliver one stream entry to this consumer (or dead-letter / drop it)

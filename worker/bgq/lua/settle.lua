@@ -23,21 +23,6 @@ local stale = {}
 local applied = 0
 local counts = {succeeded = 0, retried = 0, dead = 0, released = 0, cancelled = 0, stale = 0}
 
-local function release_unique(job, id, uniq, uniq_ttl)
-  if uniq and uniq ~= '' and uniq_ttl == '0' then
-    local ukey = P .. ':uniq:' .. uniq
-    if redis.call('GET', ukey) == id then redis.call('DEL', ukey) end
-  end
-end
-
-local function notify(id, w, state)
-  if w == '1' then
-    local k = P .. ':done:' .. id
-    redis.call('RPUSH', k, state)
-    redis.call('PEXPIRE', k, 60000)
-  end
-end
-
 local records = cjson.decode(ARGV[5])
 for r = 1, #records do
   local rec = records[r]
@@ -56,8 +41,8 @@ for r = 1, #records do
     if op == 'ok' then
       redis.call('HSET', job, 'state', 'succeeded', 'result', A, 'finished_ms', now)
       redis.call('PEXPIRE', job, ttl)
-      release_unique(job, id, h[3], h[4])
-      notify(id, h[5], 'succeeded')
+      release_unique(P, id, h[3], h[4])
+      notify_done(P, id, h[5], 'succeeded')
       counts.succeeded = counts.succeeded + 1
     elseif op == 'retry' then
       redis.call('HSET', job, 'state', 'retrying', 'error', B,
@@ -72,8 +57,8 @@ for r = 1, #records do
       redis.call('HSET', job, 'state', 'dead', 'reason', A, 'error', B,
         'traceback', C, 'finished_ms', now)
       redis.call('PEXPIRE', job, ttl)
-      release_unique(job, id, h[3], h[4])
-      notify(id, h[5], 'dead')
+      release_unique(P, id, h[3], h[4])
+      notify_done(P, id, h[5], 'dead')
       counts.dead = counts.dead + 1
     elseif op == 'release' then
       local e = redis.call('XADD', P .. ':ready:' .. band, '*', 'id', id)
@@ -82,8 +67,8 @@ for r = 1, #records do
     else -- cancelled
       redis.call('HSET', job, 'state', 'cancelled', 'finished_ms', now)
       redis.call('PEXPIRE', job, ttl)
-      release_unique(job, id, h[3], h[4])
-      notify(id, h[5], 'cancelled')
+      release_unique(P, id, h[3], h[4])
+      notify_done(P, id, h[5], 'cancelled')
       counts.cancelled = counts.cancelled + 1
     end
   end
