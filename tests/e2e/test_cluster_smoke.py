@@ -8,6 +8,7 @@ the job in flight.
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from typing import Any
 
@@ -273,7 +274,30 @@ def test_scale_down_drains_the_job_in_flight(
     cluster.apply(worker_deployment("drainer", worker_image, queue, cluster_redis.url_for_pods, 1,
                                     drain_seconds=drain), namespace=namespace)
     (pod,) = cluster.wait_pods_running(namespace, "app=drainer", 1)
-    with bgq.Client(cluster_redis.url_for_host) as client:
+    # the worker's own log, kept after the pod is gone: the known intermittent failure above
+    # needs it to be diagnosed
+    log_path = cluster.kubeconfig.parent / "logs" / f"{namespace}-drainer.log"
+    with open(log_path, "wb") as log_file:
+        follower = subprocess.Popen(
+            [str(cluster.kubectl_bin), "--kubeconfig", str(cluster.kubeconfig), "logs", "-f",
+             "-n", namespace, pod["metadata"]["name"]],
+            stdout=log_file, stderr=subprocess.STDOUT)  # fmt: skip
+    try:
+        _drain_one_job(cluster, cluster_redis.url_for_host, namespace, queue, pod, drain, bgq)
+    except AssertionError as exc:
+        follower.terminate()
+        follower.wait(5)
+        raise AssertionError(f"{exc}\nworker log ({log_path}):\n"
+                             f"{log_path.read_text(errors='replace')[-4000:]}") from exc
+    finally:
+        if follower.poll() is None:
+            follower.terminate()
+            follower.wait(5)
+
+
+def _drain_one_job(cluster: Cluster, redis_url: str, namespace: str, queue: str,
+                   pod: dict[str, Any], drain: int, bgq: Any) -> None:
+    with bgq.Client(redis_url) as client:
         job = client.enqueue(queue, "sleep", 4)
         cluster.wait_for(lambda: client.get(queue, job.id).state == bgq.JobState.RUNNING, 30,
                          f"job {job.id} to start")
