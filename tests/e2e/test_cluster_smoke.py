@@ -91,11 +91,22 @@ def test_service_dns_and_clusterip_to_pod(cluster: Cluster, worker_image: str,
     ], namespace=namespace)
     cluster.wait_pods_running(namespace, "app=echo", 1)
     code = (
-        "import json, socket\n"
+        "import json, socket, time\n"
         f"names = ['echo', 'echo.{namespace}.svc', 'echo.{namespace}.svc.cluster.local',\n"
         "         'kubernetes.default']\n"
         "ips = {n: socket.gethostbyname(n) for n in names}\n"
-        "with socket.create_connection(('echo', 80), timeout=5) as s:\n"
+        # a Running pod is not yet an endpoint kube-proxy routes to (until then it REJECTs):
+        # wait for the route, bounded
+        "deadline = time.monotonic() + 20\n"
+        "while True:\n"
+        "    try:\n"
+        "        s = socket.create_connection(('echo', 80), timeout=5)\n"
+        "        break\n"
+        "    except ConnectionRefusedError:\n"
+        "        if time.monotonic() > deadline:\n"
+        "            raise\n"
+        "        time.sleep(0.2)\n"
+        "with s:\n"
         "    reply = s.makefile().readline().strip()\n"
         "print(json.dumps({'ips': ips, 'reply': reply}))\n"
     )
