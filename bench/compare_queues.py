@@ -4,6 +4,7 @@ system, measured side by side in one run on the same private redis-server.
     .venv/bin/pip install -e '.[operator,dev,bench]'   # dramatiq[redis], rq, celery[redis]
     .venv/bin/python bench/compare_queues.py            # about 1-2 minutes on 2 cores
     .venv/bin/python bench/compare_queues.py --jobs 2000 --only bgq dramatiq
+    .venv/bin/python bench/compare_queues.py --only bgq --bgq-before 32e04da   # worker before/after
 
 For every row: FLUSHALL, enqueue N no-op jobs with the library's own client (bulk where it has
 one; not timed), then spawn one worker process of that system (its own CLI, in its own process
@@ -172,6 +173,31 @@ def bgq_system(jobs: int, concurrency: int, sync: bool = False) -> System:
     )
 
 
+def bgq_before_system(jobs: int, concurrency: int, ref: str, src: Path) -> System:
+    """bgq's worker as of git ``ref`` (its ``worker/bgq`` extracted to ``src``), same client,
+    same tasks: the before/after rows of a worker change, measured in one run."""
+    return System(
+        name=f"bgq @{ref}",
+        config=f"`python -m bgq.worker` @{ref}, 1 process, concurrency {concurrency}, async def",
+        jobs=jobs,
+        enqueue=bgq_enqueue("noop"),
+        command=lambda url: [sys.executable, "-m", "bgq.worker", "bench_tasks_bgq",
+                             "--queue", BGQ_QUEUE, "--concurrency", str(concurrency)],
+        progress=bgq_progress,
+        env={"BGQ_HTTP_PORT": "0", "BGQ_LOG_LEVEL": "WARNING", "BGQ_POD_NAME": "bench",
+             "PYTHONPATH": f"{src / 'worker'}{os.pathsep}{{tmp}}"},
+    )
+
+
+def extract_ref(ref: str, into: Path) -> Path:
+    """``git archive ref worker/bgq`` into ``into`` (the old package, importable as ``bgq``)."""
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "-C", str(root), "archive", ref, "worker/bgq"],
+                             check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
 # --- Dramatiq --------------------------------------------------------------------------------
 
 
@@ -314,9 +340,9 @@ def measure(system: System, url: str, tmp: Path, time_cap: float) -> Result:
     r = redis.Redis.from_url(url)
     r.flushall()
     system.enqueue(url, system.jobs)
-    env = {**os.environ, "BENCH_REDIS_URL": url,
+    env = {**os.environ, "BENCH_REDIS_URL": url, "BGQ_REDIS_URL": url,
            "PYTHONPATH": os.pathsep.join(filter(None, [str(tmp), os.environ.get("PYTHONPATH")])),
-           **system.env}
+           **{k: v.replace("{tmp}", str(tmp)) for k, v in system.env.items()}}
     log = tmp / f"{system.name.replace(' ', '_').replace('/', '_')}.log"
     n = system.jobs
     poll_cmds = 0
@@ -399,6 +425,10 @@ def systems(args: argparse.Namespace) -> list[System]:
         rq_system(n, "rq.worker.SimpleWorker", "SimpleWorker, no fork"),
         rq_system(args.rq_fork_jobs, "rq.worker.Worker", "Worker, fork per job"),
     ]
+    if args.bgq_before:
+        src = extract_ref(args.bgq_before, Path(tempfile.mkdtemp(prefix="bgq-before-")))
+        all_systems[2:2] = [bgq_before_system(args.bgq_jobs, 10, args.bgq_before, src),
+                            bgq_before_system(args.bgq_jobs, 200, args.bgq_before, src)]
     # bgq's baseline again at the end: shows how much the machine's load drifted during the run.
     again = bgq_system(args.bgq_jobs, 10)
     again.name = "bgq (again, drift check)"
@@ -420,6 +450,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--time-cap", type=float, default=60.0,
                    help="seconds one worker may run before the row is cut (default 60)")
     p.add_argument("--only", nargs="*", help="run only systems whose name starts with these")
+    p.add_argument("--bgq-before", metavar="GIT_REF",
+                   help="also run bgq's worker as of this git ref (before/after rows, one run)")
     args = p.parse_args(argv)
 
     load0 = os.getloadavg()

@@ -3,6 +3,12 @@ process, with Redis round trips and Redis commands per job.
 
     .venv/bin/python bench/throughput.py                 # starts its own redis-server
     .venv/bin/python bench/throughput.py --redis-url redis://127.0.0.1:6379/15 --jobs 50000
+    .venv/bin/python bench/throughput.py --topology both   # standalone vs a 3+3 Redis Cluster
+
+``--topology standalone|cluster|both`` runs the topology comparison instead: jobs/s and round
+trips per job for 1 queue and for 6 queues (spread over the 3 primaries on a cluster), one
+worker PROCESS per queue, on a private redis-server and/or a private 3-primary + 3-replica
+cluster on loopback, side by side in one run.
 
 Round trips are counted in-process by wrapping redis-py's ``send_packed_command`` (a pipeline
 is one round trip); Redis commands come from ``INFO stats total_commands_processed`` (includes
@@ -80,8 +86,19 @@ def redis_server() -> Iterator[str]:
         port = s.getsockname()[1]
     workdir = tempfile.mkdtemp(prefix="bgq-bench-")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", workdir],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
         stdout=subprocess.DEVNULL,
     )
     url = f"redis://127.0.0.1:{port}/0"
@@ -151,7 +168,7 @@ async def bench_process(url: str, n: int, concurrency: int, rt: RoundTrips) -> d
     rt0 = rt.count
     t0 = time.perf_counter()
     task = asyncio.create_task(worker.run())
-    while counts["succeeded"] < n or worker._settle_buf or not worker._settle_idle.is_set():
+    while counts["succeeded"] < n or not worker.settler.empty:
         await asyncio.sleep(0.002)
         if task.done():
             task.result()
@@ -204,13 +221,145 @@ async def bench_latency(url: str, samples: int) -> dict[str, float]:
     }
 
 
+def _topology_child(env: dict[str, str], queue: str, n: int, concurrency: int, out: Any) -> None:
+    """One worker process: run ``queue`` until ``n`` jobs succeeded; report time and trips."""
+    os.environ.update(env)
+    rt = RoundTrips()
+    rt.install()
+
+    async def run() -> tuple[float, float, int]:
+        settings = Settings(queue=queue, concurrency=concurrency, http_port=0, pod_name="bench")
+        worker = Worker(settings, QueueName.parse(queue))
+        task = asyncio.create_task(worker.run())
+        while not worker.ready:  # noqa: ASYNC110 - polls an in-process flag
+            await asyncio.sleep(0.005)
+        rt0, t0 = rt.count, time.time()
+        while worker.metrics.counts["succeeded"] < n or not worker.settler.empty:  # noqa: ASYNC110
+            await asyncio.sleep(0.002)
+        t1, rts = time.time(), rt.count - rt0
+        worker.request_stop()
+        await task
+        return t0, t1, rts
+
+    out.put((queue, *asyncio.run(run())))
+
+
+def _queues_for(settings: Any, k: int) -> list[str]:
+    """``k`` queue names; on a cluster spread evenly over the primaries."""
+    from bgq.connection import is_cluster, sync_client
+
+    client = sync_client(settings)
+    try:
+        if not is_cluster(client) or k == 1:
+            return [f"bench/topo{i}" for i in range(k)]
+        primaries = {n.name for n in client.get_primaries()}
+        per: dict[str, list[str]] = {p: [] for p in primaries}
+        i = 0
+        while min(len(v) for v in per.values()) < k // len(per):
+            name = f"bench/topo{i}"
+            node = client.get_node_from_key(QueueName.parse(name).keys.ready[1])
+            per[node.name].append(name)
+            i += 1
+        return [q for qs in per.values() for q in qs[: k // len(per)]]
+    finally:
+        client.close()
+
+
+def topology_run(settings: Any, k: int, n: int, concurrency: int) -> dict[str, float]:
+    """``k`` queues x ``n`` jobs, one worker process per queue; aggregate jobs/s, trips/job."""
+    import multiprocessing
+
+    queues = _queues_for(settings, k)
+    with bgq.Client(redis_settings=settings) as client:
+        for q in queues:
+            client.enqueue_many(q, (bgq.JobSpec("bench_noop") for _ in range(n)))
+    env = {
+        "BGQ_REDIS_URL": settings.url,
+        "BGQ_REDIS_MODE": settings.mode.value,
+        "BGQ_REDIS_NODES": settings.nodes,
+    }
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [
+        ctx.Process(target=_topology_child, args=(env, q, n, concurrency, out)) for q in queues
+    ]
+    for proc in procs:
+        proc.start()
+    results = [out.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join(30)
+    t0 = min(r[1] for r in results)
+    t1 = max(r[2] for r in results)
+    trips = sum(r[3] for r in results)
+    per_queue = [n / (r[2] - r[1]) for r in results]
+    return {
+        "jobs_per_s": k * n / (t1 - t0),
+        "per_queue_jobs_per_s": sum(per_queue) / len(per_queue),
+        "rt_per_job": trips / (k * n),
+    }
+
+
+def topology_main(which: str, n: int, concurrency: int) -> int:
+    """The ``--topology`` comparison (see the module doc)."""
+    sys.path.insert(0, str(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    from tests.conftest import start_redis_cluster
+
+    from bgq.settings import RedisMode, RedisSettings
+
+    rows: dict[str, dict[int, dict[str, float]]] = {}
+    with contextlib.ExitStack() as stack:
+        if which in ("standalone", "both"):
+            url = stack.enter_context(redis_server())
+            s = RedisSettings(mode=RedisMode.STANDALONE, url=url)
+            rows["standalone"] = {k: topology_run(s, k, n, concurrency) for k in (1, 6)}
+        if which in ("cluster", "both"):
+            workdir = tempfile.mkdtemp(prefix="bgq-bench-cluster-")
+            servers = start_redis_cluster(__import__("pathlib").Path(workdir))
+            stack.callback(shutil.rmtree, workdir, True)
+            for node in servers.nodes:
+                stack.callback(node.stop)
+            rows["cluster"] = {
+                k: topology_run(servers.settings(), k, n, concurrency) for k in (1, 6)
+            }
+    print(
+        f"bgq {bgq.__version__} topology comparison (python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs; {n} no-op jobs per queue, concurrency {concurrency}, "
+        "one worker process per queue)"
+    )
+    for name, by_k in rows.items():
+        for k, r in by_k.items():
+            print(
+                f"  {name:<10} {k} queue(s): {r['jobs_per_s']:>8,.0f} jobs/s total, "
+                f"{r['per_queue_jobs_per_s']:>7,.0f} jobs/s per queue, "
+                f"{r['rt_per_job']:.3f} round trips/job"
+            )
+    if len(rows) == 2:
+        for k in (1, 6):
+            a, b = rows["standalone"][k], rows["cluster"][k]
+            cost = a["per_queue_jobs_per_s"] / b["per_queue_jobs_per_s"] - 1
+            print(
+                f"  cluster vs standalone, {k} queue(s): {cost * 100:+.1f} % cost per job "
+                f"(per-queue rate), round trips/job {a['rt_per_job']:.3f} -> "
+                f"{b['rt_per_job']:.3f}"
+            )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--redis-url", help="use this Redis (default: start a private redis-server)")
     p.add_argument("--jobs", type=int, default=20_000, help="jobs processed (default 20000)")
     p.add_argument("--enqueue-jobs", type=int, default=5_000, help="jobs for the enqueue runs")
     p.add_argument("--concurrency", type=int, default=200, help="worker slots (default 200)")
+    p.add_argument(
+        "--topology",
+        choices=["standalone", "cluster", "both"],
+        help="compare topologies instead (1 and 6 queues, a process per queue)",
+    )
+    p.add_argument("--topology-jobs", type=int, default=5_000, help="jobs per queue (5000)")
     args = p.parse_args(argv)
+    if args.topology:
+        return topology_main(args.topology, args.topology_jobs, min(args.concurrency, 100))
     rt = RoundTrips()
     rt.install()
     with contextlib.ExitStack() as stack:
@@ -219,20 +368,30 @@ def main(argv: list[str] | None = None) -> int:
         results.update(asyncio.run(bench_process(url, args.jobs, args.concurrency, rt)))
         results.update(asyncio.run(bench_latency(url, 300)))
         clear(redis.Redis.from_url(url))
-    print(f"bgq {bgq.__version__} throughput (python {sys.version.split()[0]}, "
-          f"{os.cpu_count()} CPUs, redis at {'given URL' if args.redis_url else 'local'})")
-    print(f"  enqueue, one call per job : {results['enqueue_single_per_s']:>9,.0f} jobs/s  "
-          f"{results['enqueue_single_rt_per_job']:.2f} round trips/job  "
-          f"{results['enqueue_single_cmds_per_job']:.2f} redis cmds/job")
-    print(f"  enqueue_many (pipelined)  : {results['enqueue_bulk_per_s']:>9,.0f} jobs/s  "
-          f"{results['enqueue_bulk_rt_per_job']:.3f} round trips/job")
-    print(f"  processed, 1 worker proc  : {results['process_per_s']:>9,.0f} jobs/s  "
-          f"{results['process_rt_per_job']:.3f} round trips/job  "
-          f"{results['process_cmds_per_job']:.2f} redis cmds/job  "
-          f"({args.jobs} no-op jobs, concurrency {args.concurrency}, "
-          f"{results['process_seconds']:.2f} s)")
-    print(f"  enqueue->start, idle      : p50 {results['latency_p50_ms']:.0f} ms, "
-          f"p99 {results['latency_p99_ms']:.0f} ms (300 jobs enqueued one at a time)")
+    print(
+        f"bgq {bgq.__version__} throughput (python {sys.version.split()[0]}, "
+        f"{os.cpu_count()} CPUs, redis at {'given URL' if args.redis_url else 'local'})"
+    )
+    print(
+        f"  enqueue, one call per job : {results['enqueue_single_per_s']:>9,.0f} jobs/s  "
+        f"{results['enqueue_single_rt_per_job']:.2f} round trips/job  "
+        f"{results['enqueue_single_cmds_per_job']:.2f} redis cmds/job"
+    )
+    print(
+        f"  enqueue_many (pipelined)  : {results['enqueue_bulk_per_s']:>9,.0f} jobs/s  "
+        f"{results['enqueue_bulk_rt_per_job']:.3f} round trips/job"
+    )
+    print(
+        f"  processed, 1 worker proc  : {results['process_per_s']:>9,.0f} jobs/s  "
+        f"{results['process_rt_per_job']:.3f} round trips/job  "
+        f"{results['process_cmds_per_job']:.2f} redis cmds/job  "
+        f"({args.jobs} no-op jobs, concurrency {args.concurrency}, "
+        f"{results['process_seconds']:.2f} s)"
+    )
+    print(
+        f"  enqueue->start, idle      : p50 {results['latency_p50_ms']:.0f} ms, "
+        f"p99 {results['latency_p99_ms']:.0f} ms (300 jobs enqueued one at a time)"
+    )
     return 0
 
 

@@ -13,6 +13,10 @@ CACHE_DIR="${BGQ_CACHE_DIR:-$HOME/.cache/bgq}"
 K8S_BIN="$CACHE_DIR/k8s-$K8S_VERSION/bin"
 HELM_BIN="$CACHE_DIR/helm-$HELM_VERSION/bin/helm"
 K8S_BINARIES=(kube-apiserver kube-controller-manager kube-scheduler kubelet kubectl kube-proxy)
+# KEDA (only for the live autoscaling benchmark: `install --with keda`, hack/cluster/keda).
+KEDA_VERSION="${BGQ_KEDA_VERSION:-v2.21.0}"
+KEDA_DIR="$CACHE_DIR/keda-$KEDA_VERSION"
+KEDA_BIN="$KEDA_DIR/bin"
 
 # One run directory holds everything of a running cluster: PKI, configs, logs, pids, state.
 RUN_DIR="${BGQ_CLUSTER_DIR:-/tmp/bgq-cluster}"
@@ -27,6 +31,11 @@ VETH_PEER="bgq-node1"
 POD_CIDR="${BGQ_POD_CIDR:-10.214.0.0/24}"
 BRIDGE="bgq-br0"
 BRIDGE_IP="${BGQ_BRIDGE_IP:-10.214.0.1}"
+# A fixed, locally administered MAC for the bridge (02:... = local, unicast). Unpinned, a Linux
+# bridge takes the lowest MAC of its ports and changes it whenever that pod leaves; the other pods
+# keep the old gateway MAC in their ARP cache and lose the host (Redis, API server, DNS) for
+# 1.5 to 30+ s (issue 9). Pinned, the gateway MAC never changes.
+BRIDGE_MAC="${BGQ_BRIDGE_MAC:-02:62:67:71:00:01}"
 SERVICE_CIDR="${BGQ_SERVICE_CIDR:-10.215.0.0/24}"
 API_SERVICE_IP="10.215.0.1"
 DNS_SERVICE_IP="10.215.0.10"
@@ -101,6 +110,19 @@ wait_until() {
 start_dns() {
   start dns python3 "$BGQ_ROOT/hack/cluster/dns.py" --listen "$BRIDGE_IP" \
     --api "https://$NODE_IP:$API_PORT" --pki "$RUN_DIR/pki" --domain cluster.local
+}
+
+# Pin the pod bridge's MAC (see BRIDGE_MAC). Idempotent: a no-op when it already has that MAC.
+pin_bridge_mac() {
+  local current
+  current="$(cat "/sys/class/net/$BRIDGE/address" 2>/dev/null)" || return 0
+  if [[ "$current" != "$BRIDGE_MAC" ]]; then
+    # on a running cluster: announce the new MAC (gratuitous ARP) so running pods update their
+    # ARP cache at once instead of losing the host until the stale entry times out
+    sysctl -qw "net.ipv4.conf.$BRIDGE.arp_notify=1" || true
+    ip link set dev "$BRIDGE" address "$BRIDGE_MAC"
+    log "pinned the MAC of $BRIDGE: $current -> $BRIDGE_MAC"
+  fi
 }
 
 kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }

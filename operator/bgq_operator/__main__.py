@@ -2,7 +2,9 @@
 
 Namespaces: ``--namespace NS`` (repeatable) or ``BGQ_OPERATOR_NAMESPACES=a,b``; none means all
 namespaces. ``--http-port`` / ``BGQ_OPERATOR_HTTP_PORT`` (default 8080, 0 disables) serves
-``/healthz`` (the operator's loop answers) and ``/metrics`` (Prometheus). Always standalone: one
+``/healthz`` (the operator's loop answers) and ``/metrics`` (Prometheus).
+``--worker-scrape-annotations`` / ``BGQ_OPERATOR_WORKER_SCRAPE_ANNOTATIONS=true`` puts
+``prometheus.io/*`` scrape annotations on worker pods. Always standalone: one
 replica (Deployment strategy Recreate), no kopf peering.
 """
 
@@ -20,6 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from bgq.httpserver import HttpServer, Request, Response
 from bgq_operator import handlers, metrics
+from bgq_operator.manifests import ManifestOptions
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="address of /healthz and /metrics",
     )  # fmt: skip
     parser.add_argument(
+        "--worker-scrape-annotations", action=argparse.BooleanOptionalAction,
+        default=os.environ.get("BGQ_OPERATOR_WORKER_SCRAPE_ANNOTATIONS", "").lower()
+        in ("1", "true", "yes"),
+        help="put prometheus.io/scrape|port|path annotations on worker pods",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-level", default=os.environ.get("BGQ_LOG_LEVEL", "INFO"), help="logging level"
     )
     args = parser.parse_args(argv)
@@ -56,7 +65,7 @@ async def _metrics(_: Request) -> Response:
     return Response(body=generate_latest(metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)
 
 
-async def run(args: argparse.Namespace) -> None:
+async def run(args: argparse.Namespace, memo: handlers.OperatorMemo) -> None:
     """Run kopf and the health/metrics server until stopped."""
     server: HttpServer | None = None
     if args.http_port:
@@ -70,6 +79,7 @@ async def run(args: argparse.Namespace) -> None:
             standalone=True,
             clusterwide=not args.namespaces,
             namespaces=list(args.namespaces),
+            memo=memo,
         )
     finally:
         if server is not None:
@@ -87,9 +97,12 @@ def main(argv: list[str] | None = None) -> int:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         # kopf logs every successful handler call at INFO: one line per watch event
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    assert handlers.Runtime is not None  # importing handlers registers them with kopf
+    # importing handlers registered them with kopf; the memo carries the options to them
+    memo = handlers.OperatorMemo(
+        manifest_options=ManifestOptions(scrape_annotations=args.worker_scrape_annotations)
+    )
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(run(args))
+        asyncio.run(run(args, memo))
     return 0
 
 

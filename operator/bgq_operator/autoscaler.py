@@ -25,9 +25,10 @@ from typing import Any
 
 import redis.exceptions
 
-from bgq.protocol import WAKE_CHANNEL
+from bgq import decisions
+from bgq.protocol import WAKE_CHANNEL, QueueName
 from bgq.stats import QueueDemand, WorkerHeartbeat, read_demand
-from bgq_operator import metrics
+from bgq_operator import conditions, metrics, queuekeys, tracing
 from bgq_operator.conditions import rfc3339
 from bgq_operator.errors import KubernetesApiError
 from bgq_operator.manifests import selector_string
@@ -35,18 +36,20 @@ from bgq_operator.podcost import PodView, plan_scale_down
 from bgq_operator.reconcile import Context, flush_status, post_event
 from bgq_operator.redisconn import Endpoint
 from bgq_operator.scaling import (
-    InvalidScalingInputError,
     Observation,
-    ScalingMemory,
     decide,
     policy_from_spec,
 )
-from bgq_operator.spec import deployment_name
+from bgq_operator.spec import QueueStatus, ScalingLimitStatus, ScalingStatus, deployment_name
 from bgq_operator.state import QueueState
 
 log = logging.getLogger("bgq_operator.autoscaler")
 
 DEBOUNCE_S = 0.075
+IDLE_POLL_S = 30.0
+"""A queue at rest (no replicas, nothing waiting, running or delayed) is read on a poll tick
+this often; between those reads an enqueue's wake-up decides it at once. Keeps the work of
+1,000 idle queues small."""
 RETRY_S = 1.0
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 
@@ -67,16 +70,32 @@ def busy_pods(heartbeats: Sequence[WorkerHeartbeat]) -> int:
     )
 
 
-def queue_figures(demand: QueueDemand) -> dict[str, Any]:
+def queue_figures(demand: QueueDemand) -> QueueStatus:
     """``status.queue`` from a demand read."""
-    return {
-        "backlog": demand.backlog,
-        "inFlight": demand.in_flight,
-        "delayed": demand.delayed,
-        "due": demand.due,
-        "dead": demand.dead,
-        "oldestJobAgeSeconds": round(demand.oldest_ready_age_ms / 1000, 3),
-    }
+    return QueueStatus(
+        backlog=demand.backlog,
+        in_flight=demand.in_flight,
+        delayed=demand.delayed,
+        due=demand.due,
+        dead=demand.dead,
+        oldest_job_age_seconds=round(demand.oldest_ready_age_ms / 1000, 3),
+    )
+
+
+def _at_rest(state: QueueState, mono: float) -> bool:
+    """Whether a poll tick may skip ``state`` (read within ``IDLE_POLL_S``, and then idle)."""
+    q, view = state.queue, state.deployment
+    return (
+        mono - state.polled_at < IDLE_POLL_S
+        and q is not None
+        and view is not None
+        and view.replicas == 0
+        and state.desired == 0
+        and not (q.backlog or q.in_flight or q.delayed)
+        and not state.warm
+        and not state.queue_paused  # a resume (bgq resume) publishes no wake-up: keep polling
+        and state.redis_error is None
+    )
 
 
 class EndpointLoop:
@@ -88,8 +107,47 @@ class EndpointLoop:
         self.queues: set[tuple[str, str]] = set()
         self.wake = asyncio.Event()
         self.retick_soon = False
+        self.trigger = "poll"
+        """Why the current tick runs: "wake" (a bgq:wake message) or "poll"."""
+        self.tick_started_ns = 0
+        """When the current tick's wait ended (epoch ns): the decision spans start here."""
+        self.tick_started = time.monotonic()
+        """When the current tick's wait ended (monotonic): decision latency starts here."""
+        self.traced: set[str] = set()
+        """Queues named by bgq:wake messages since the last tick: their decision spans link to
+        the enqueue that published the wake-up (not pokes or re-decisions)."""
+        self.tick_traced: set[str] = set()
+        """``traced`` as the current tick took it."""
+        self.links: dict[str, str] = {}
+        """Per queue, the traceparent of a wake-up not yet linked from a decision span (the
+        decision of the queue takes it: each wake-up is linked once)."""
+        self.controls: dict[str, queuekeys.Control] = {}
+        """The last control read per queue (parked jobs behind per-key limits)."""
+        self._span_of: dict[str, tuple[str, int]] = {}
+        """Per queue, the trigger and start of the tick its decision task came from (the
+        span must not take the next tick's, which may start while this one awaits the API)."""
         self._stopping = False
         self._tasks: list[asyncio.Task[None]] = []
+        self.woken: set[str] = set()
+        """Queues named by wake-ups since the last tick (only they are decided on a wake)."""
+        self.full_due = True
+        """The next tick reads every queue (start, new queues or specs, after an error)."""
+        self._last_full = 0.0
+        self._deciding: dict[str, asyncio.Task[None]] = {}
+        """Per queue, the decision being applied (API calls in flight), so ticks never wait."""
+        self._again: set[str] = set()
+        """Queues to decide again as soon as their decision in flight is applied."""
+
+        self.sampled: dict[str, tuple[float, tuple[Any, ...]]] = {}
+        """Per queue, the time and signature of its last decision record (bgq.decisions)."""
+
+    def wake_for(self, queue_name: str | None) -> None:
+        """Decide ``queue_name`` now (None: every queue of this endpoint)."""
+        if queue_name is None:
+            self.full_due = True
+        else:
+            self.woken.add(queue_name)
+        self.wake.set()
 
     def start(self) -> None:
         """Start the decision loop and the wake-up listener."""
@@ -102,10 +160,11 @@ class EndpointLoop:
         """Stop both tasks (a flag too: Python 3.11's wait_for can swallow a cancellation)."""
         self._stopping = True
         self.wake.set()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._deciding.values()]
+        for task in tasks:
             task.cancel()
-        if self._tasks:
-            await asyncio.wait(self._tasks, timeout=5)
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
 
     def _states(self) -> list[QueueState]:
         found = (self.ctx.registry.find(ns, n) for ns, n in sorted(self.queues))
@@ -127,8 +186,10 @@ class EndpointLoop:
                     if message is None or message.get("type") != "message":
                         continue
                     metrics.WAKEUPS.labels(self.endpoint.label).inc()
-                    if str(message.get("data")) in names_of():
-                        self.wake.set()
+                    name = str(message.get("data"))
+                    if name in names_of():
+                        self.traced.add(name)
+                        self.wake_for(name)
             except REDIS_ERRORS as exc:
                 log.debug("wake subscription to %s failed: %s", self.endpoint.label, exc)
                 await asyncio.sleep(RETRY_S)
@@ -140,9 +201,20 @@ class EndpointLoop:
         return {f"{ns}/{n}" for ns, n in self.queues}
 
     async def _run(self) -> None:
+        """Poll every queue each poll interval; between polls, decide only the woken queues.
+
+        A wake-up names its queue, so the work of a wake tick grows with the queues that
+        changed, not with all the queues on this Redis: a burst on one queue among 1,000 is
+        decided as fast as on its own. The poll (full) ticks keep their cadence whatever the
+        wake-ups do.
+        """
         while not self._stopping:
-            timeout = 0.5 if self.retick_soon else self._poll_interval()
-            self.retick_soon = False
+            interval = self._poll_interval()
+            if self.retick_soon:
+                self.full_due, self.retick_soon = True, False
+                timeout = 0.5
+            else:
+                timeout = max(0.0, self._last_full + interval - time.monotonic())
             woke = False
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), timeout)
@@ -150,30 +222,90 @@ class EndpointLoop:
             if self._stopping:
                 return
             started = time.monotonic()
+            self.trigger = "wake" if woke else "poll"
+            self.tick_started_ns = time.time_ns()
             if woke:
                 await asyncio.sleep(DEBOUNCE_S)
             self.wake.clear()
+            full = self.full_due or time.monotonic() - self._last_full >= interval
+            names, self.woken, self.full_due = self.woken, set(), False
+            self.tick_traced, self.traced = self.traced, set()
+            if full:
+                self._last_full = time.monotonic()
+            self.tick_started = started
             try:
-                await self.tick()
+                await self.tick(names, full=full)
             except Exception:  # a bug must not stop autoscaling of every queue on this Redis
                 log.exception("autoscaler tick for %s failed", self.endpoint.label)
-            metrics.DECISION_LATENCY.observe(time.monotonic() - started)
 
-    async def tick(self) -> None:
-        """Read the demand of every queue on this endpoint and decide each."""
+    async def tick(self, woken: set[str] | None = None, *, full: bool = True) -> None:
+        """Read the demand of the queues named in ``woken`` and, on a ``full`` (poll) tick, of
+        every other queue not at rest; decide each."""
         states = [s for s in self._states() if s.spec is not None and s.deployment is not None]
+        mono = time.monotonic()
+        woken = woken or set()
+        if full:
+            states = [s for s in states if s.queue_name in woken or not _at_rest(s, mono)]
+        else:
+            states = [s for s in states if s.queue_name in woken]
         if not states:
             return
+        for s in states:
+            s.polled_at = mono
+        if full and len(self.sampled) > len(self.queues):  # queues that left this endpoint
+            names = self._names()
+            self.sampled = {k: v for k, v in self.sampled.items() if k in names}
         client = self.ctx.redis.client(self.endpoint)
         now = time.time()
         error: str | None = None
         demand: dict[str, QueueDemand] = {}
         try:
+            control = await queuekeys.sync(
+                client, [(QueueName(s.namespace, s.name), s.spec) for s in states if s.spec]
+            )
             demand = await read_demand(client, [s.queue_name for s in states], int(now * 1000))
+            for s in states:
+                _note_control(s, control.get(s.queue_name), demand.get(s.queue_name), now)
+            self.controls.update(control)
+            self.links.update(_wake_links(self.tick_traced, control))
         except REDIS_ERRORS as exc:
             error = f"cannot reach Redis at {self.endpoint.label}: {exc}"
             metrics.REDIS_ERRORS.labels(self.endpoint.label).inc()
-        await asyncio.gather(*(self._scale(s, demand.get(s.queue_name), error) for s in states))
+        for s in states:
+            self._decide(s, demand.get(s.queue_name), error)
+
+    def _decide(self, state: QueueState, demand: QueueDemand | None, error: str | None) -> None:
+        """Apply the decision for ``state`` in a task of its own: a tick never waits for API
+        calls (a slow scale or status write on one queue does not delay the next wake-up of
+        another). A queue whose previous decision is still being applied is decided again,
+        from a fresh read, as soon as that one is done."""
+        name = state.queue_name
+        if name in self._deciding:
+            self._again.add(name)
+            return
+        self._span_of[name] = (self.trigger, self.tick_started_ns)  # before the next tick
+        task = asyncio.create_task(
+            self._apply(state, demand, error), name=f"bgq-decide {name}"
+        )
+        self._deciding[name] = task
+        started = self.tick_started
+
+        def done(_: asyncio.Task[None]) -> None:
+            metrics.DECISION_LATENCY.observe(time.monotonic() - started)
+            self._deciding.pop(name, None)
+            if name in self._again and not self._stopping:
+                self._again.discard(name)
+                self.wake_for(name)
+
+        task.add_done_callback(done)
+
+    async def _apply(
+        self, state: QueueState, demand: QueueDemand | None, error: str | None
+    ) -> None:
+        """One queue's decision, applied, then its record for the console (bgq.decisions)."""
+        await self._scale(state, demand, error)
+        client = self.ctx.redis.client(self.endpoint)
+        await record_decisions(client, [state], self.sampled, time.time())
 
     async def _due_soon(self, state: QueueState, window_s: float) -> int | None:
         """Delayed jobs due within ``window_s`` (second read, only before scaling to zero)."""
@@ -203,33 +335,38 @@ class EndpointLoop:
             return
         now = time.time()
         state.redis_error, state.redis_checked = error, True
+        wake_link = self.links.pop(state.queue_name, None)
+        trigger, started_ns = self._span_of.pop(
+            state.queue_name, (self.trigger, self.tick_started_ns)
+        )
         heartbeats: list[WorkerHeartbeat] = []
         if demand is not None:
             heartbeats = demand.workers
             state.queue = queue_figures(demand)
         current, ready = view.replicas, view.ready_replicas
+        parked = min(state.parked, demand.in_flight) if demand else 0  # pending, not running
         obs = Observation(
             now=now,
             current_replicas=current,
-            backlog=demand.backlog if demand else 0,
-            in_flight=demand.in_flight if demand else 0,
+            backlog=demand.backlog + parked if demand else 0,
+            in_flight=demand.in_flight - parked if demand else 0,
             due=demand.due if demand else 0,
             due_soon=demand.due if demand else 0,
             ready_replicas=ready,
             busy_pods=busy_pods(heartbeats),
             redis_ok=error is None and demand is not None,
+            warm=state.warm,
+            run_time_s=state.run_time_s,
+            startable=_startable(self.controls.get(state.queue_name), demand),
         )
+        limit: dict[str, Any] | None = None
         if not spec.scaling.enabled:
             desired, bound_by = spec.replicas, "manual"
             reason = f"scaling.enabled=false: replicas follow spec.replicas={spec.replicas}"
             demand_figure = obs.demand if obs.redis_ok else None
         else:
-            policy = policy_from_spec(spec, paused=state.paused)
-            try:
-                memory = ScalingMemory.from_dict(state.memory)
-            except InvalidScalingInputError as exc:
-                log.warning("%s/%s: %s", *state.key, exc)
-                memory = ScalingMemory()
+            policy = policy_from_spec(spec, paused=state.paused, queue_paused=state.queue_paused)
+            memory = state.memory
             decision = decide(policy, obs, memory)
             if decision.desired == 0 and current > 0 and obs.redis_ok:
                 soon = await self._due_soon(state, policy.idle_before_zero_s)
@@ -238,25 +375,26 @@ class EndpointLoop:
                     decision = decide(policy, obs, memory)
             desired, bound_by, reason = decision.desired, str(decision.bound_by), decision.reason
             demand_figure = decision.demand
-            state.memory = decision.memory.to_dict()
+            state.memory = decision.memory
+            limit = decision.extra.get("limit")
 
         if desired > current:
             await self._set_replicas(state, current, desired, reason)
         elif desired < current:
             desired, reason = await self._scale_down(state, current, desired, heartbeats, reason)
 
+        tracing.record_decision(
+            state.queue_name, started_ns=started_ns or time.time_ns(), trigger=trigger,
+            demand=demand_figure, current=current, desired=desired, bound_by=bound_by,
+            reason=reason, wake_traceparent=wake_link,
+        )  # fmt: skip
+        await self._note_limit(state, bound_by, limit, desired)
         state.desired = desired
-        state.scaling = {
-            k: v
-            for k, v in {
-                "demand": demand_figure,
-                "desired": desired,
-                "boundBy": bound_by,
-                "reason": reason,
-                "lastScaleTime": state.scaling.get("lastScaleTime"),
-            }.items()
-            if v is not None
-        }
+        state.scaling = ScalingStatus(
+            demand=demand_figure, desired=desired, bound_by=bound_by, reason=reason,
+            last_scale_time=state.scaling.last_scale_time,
+            limit=ScalingLimitStatus.model_validate(limit) if limit else None,
+        )  # fmt: skip
         if state.deployment is not None:
             self._record_metrics(state, obs, desired)
         await flush_status(self.ctx, state)
@@ -268,7 +406,7 @@ class EndpointLoop:
             state.deployment.replicas = target
             state.deployment.generation = int(result["metadata"].get("generation") or 0)
             state.written_generation = state.deployment.generation
-        state.scaling["lastScaleTime"] = rfc3339()
+        state.scaling = state.scaling.model_copy(update={"last_scale_time": rfc3339()})
         direction = "up" if target > current else "down"
         metrics.SCALE_EVENTS.labels(state.namespace, state.name, direction).inc()
         await post_event(
@@ -303,15 +441,129 @@ class EndpointLoop:
         await self._set_replicas(state, current, plan.replicas, f"{why}; {plan.reason}")
         return plan.replicas, f"{why}; {plan.reason}"
 
+    async def _note_limit(
+        self, state: QueueState, bound_by: str, limit: dict[str, Any] | None, desired: int
+    ) -> None:
+        """An event with the figures when a limit starts to bound the replicas (not per tick)."""
+        was = state.scaling.bound_by
+        if bound_by == was or bound_by not in LIMIT_BOUNDS or not limit:
+            return
+        message = limit_message(bound_by, limit, desired)
+        await post_event(self.ctx, state, "Normal", "LimitBound", message)
+
     def _record_metrics(self, state: QueueState, obs: Observation, desired: int) -> None:
         labels = (state.namespace, state.name)
         if obs.redis_ok:
             metrics.DEMAND.labels(*labels).set(obs.demand)
             metrics.BACKLOG.labels(*labels).set(obs.backlog)
             metrics.IN_FLIGHT.labels(*labels).set(obs.in_flight)
+            metrics.record_queue_figures(labels, state.queue)
+        metrics.REDIS_REACHABLE.labels(*labels).set(1 if obs.redis_ok else 0)
         metrics.DESIRED.labels(*labels).set(desired)
         if state.deployment is not None:
             metrics.REPLICAS.labels(*labels).set(state.deployment.replicas)
+        if state.spec is not None:
+            metrics.record_limits(labels, state.spec)
+
+
+def decision_record(state: QueueState, now: float) -> decisions.DecisionRecord:
+    """The console's view of ``state``'s last decision (bgq.decisions, docs/protocol.md 8)."""
+    scaling, figures = state.scaling, state.queue
+    view = state.deployment
+    ready = conditions.find((state.last_status or {}).get("conditions"), conditions.READY) or {}
+    demand = scaling.demand
+    return decisions.DecisionRecord(
+        ms=int(now * 1000),
+        demand=float(demand) if demand is not None else None,
+        desired=int(scaling.desired or 0),
+        replicas=view.replicas if view else 0,
+        ready=view.ready_replicas if view else 0,
+        bound_by=scaling.bound_by or "",
+        reason=scaling.reason or "",
+        backlog=int(figures.backlog or 0) if figures else 0,
+        in_flight=int(figures.in_flight or 0) if figures else 0,
+        due=int(figures.due or 0) if figures else 0,
+        dead=int(figures.dead or 0) if figures else 0,
+        condition=str(ready.get("status") or "Unknown"),
+        condition_reason=str(ready.get("reason") or ""),
+    )
+
+
+async def record_decisions(
+    client: Any,
+    states: Sequence[QueueState],
+    sampled: dict[str, tuple[float, tuple[Any, ...]]],
+    now: float,
+) -> int:
+    """Append the tick's decisions to the queues' capped ``P:decisions`` streams (one pipelined
+    round trip, only for queues whose record changed or whose sample is due; idle queues once a
+    minute) and refresh them in ``bgq:queues``. Returns how many records were written. A Redis
+    failure is logged and skipped: the console's chart is not worth a failed tick."""
+    records = []
+    for state in states:
+        if state.redis_error is not None or not state.redis_checked:
+            continue
+        record = decision_record(state, now)
+        if decisions.due(record, sampled.get(state.queue_name), now):
+            records.append((state, record))
+    if not records:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for state, record in records:
+        queue = QueueName(state.namespace, state.name)
+        pipe.xadd(decisions.decisions_key(queue), record.fields(),
+                  maxlen=decisions.MAXLEN, approximate=True)
+        pipe.zadd(decisions.QUEUES_INDEX, {state.queue_name: record.ms})
+    try:
+        await pipe.execute()
+    except REDIS_ERRORS as exc:
+        log.debug("decision records not written: %s", exc)
+        return 0
+    for state, record in records:
+        sampled[state.queue_name] = (now, record.signature())
+    return len(records)
+
+
+def _note_control(
+    state: QueueState, ctl: queuekeys.Control | None, demand: QueueDemand | None, now: float
+) -> None:
+    """Keep the queue's pause flag and run time estimate from the control read."""
+    if ctl is None:
+        return
+    state.queue_paused, state.parked = ctl.paused, ctl.parked
+    if state.run_time is None:
+        state.run_time = queuekeys.RunTimeEstimate()
+    busy = max(0, (demand.in_flight if demand else 0) - ctl.parked)
+    estimate = state.run_time.add(now, ctl.completed, busy)
+    if estimate is not None:
+        state.run_time_s = estimate
+
+
+LIMIT_BOUNDS = ("rate-limit", "concurrency-limit")
+
+
+def limit_message(bound_by: str, limit: dict[str, Any], desired: int) -> str:
+    """The LimitBound event: which limit caps the replicas, with its figures (key=value)."""
+    what = "spec.limits.rate" if bound_by == "rate-limit" else "per-key concurrency limits"
+    figures = " ".join(f"{k}={v}" for k, v in limit.items())
+    return f"replicas capped at {desired} by {what}: {figures}"
+
+
+def _startable(ctl: queuekeys.Control | None, demand: QueueDemand | None) -> int | None:
+    """Parked jobs the key limits let start, when all waiting work is parked behind them."""
+    if ctl is None or demand is None:
+        return None
+    unread = max(0, demand.backlog)  # demand.lua's backlog: never-delivered stream entries
+    return queuekeys.startable(ctl.summary, unread, demand.due)
+
+
+def _wake_links(woken: set[str], control: dict[str, queuekeys.Control]) -> dict[str, str]:
+    """The traceparent of the wake-up of each woken queue (for the decision span's link)."""
+    return {
+        name: ctl.wake_trace
+        for name in woken
+        if (ctl := control.get(name)) is not None and ctl.wake_trace
+    }
 
 
 def _fields(obs: Observation) -> dict[str, Any]:
@@ -324,6 +576,7 @@ class Autoscaler:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self.loops: dict[Endpoint, EndpointLoop] = {}
+        self._retiring: set[asyncio.Task[None]] = set()
 
     def refresh(self) -> None:
         """Regroup queues by endpoint; start and stop loops to match (sync, cheap)."""
@@ -338,22 +591,26 @@ class Autoscaler:
                 loop.start()
             if keys != loop.queues:
                 loop.queues = keys
-                loop.wake.set()  # new queue or spec: decide now
+                loop.wake_for(None)  # new queue or spec: decide every queue now
         for endpoint in [e for e in self.loops if e not in groups]:
             loop = self.loops.pop(endpoint)
-            asyncio.get_running_loop().create_task(self._retire(loop))
+            task = asyncio.get_running_loop().create_task(self._retire(loop))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
 
     def poke(self, state: QueueState) -> None:
         """Decide for ``state``'s endpoint now (spec, annotation or Deployment changed)."""
         if state.endpoint is not None and state.endpoint in self.loops:
-            self.loops[state.endpoint].wake.set()
+            self.loops[state.endpoint].wake_for(state.queue_name)
 
     async def _retire(self, loop: EndpointLoop) -> None:
         await loop.stop()
         await self.ctx.redis.drop_unused(set(self.loops))
 
     async def stop(self) -> None:
-        """Stop every loop."""
+        """Stop every loop, and wait for loops being retired (before connections close)."""
         for loop in list(self.loops.values()):
             await loop.stop()
         self.loops.clear()
+        if self._retiring:
+            await asyncio.gather(*list(self._retiring), return_exceptions=True)

@@ -85,6 +85,13 @@ def structural(node: dict[str, Any], defs: dict[str, Any], field: str = "") -> d
         return structural({**options[0], **node}, defs, field)
 
     out: dict[str, Any] = {k: v for k, v in node.items() if k in _KEPT}
+    # JSON Schema 2020-12 (pydantic's gt/lt) gives the bound as a number; Kubernetes' OpenAPI v3
+    # wants minimum/maximum plus a boolean exclusiveMinimum/exclusiveMaximum.
+    for bound, limit in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        value = out.get(bound)
+        if value is not None and not isinstance(value, bool):
+            out[limit] = value
+            out[bound] = True
     kind = node.get("type")
     if kind == "object":
         props = node.get("properties")
@@ -99,7 +106,9 @@ def structural(node: dict[str, Any], defs: dict[str, Any], field: str = "") -> d
             out["x-kubernetes-preserve-unknown-fields"] = True
     elif kind == "array":
         out["items"] = structural(node["items"], defs)
-    elif kind is None and not out.get("x-kubernetes-int-or-string"):
+    elif kind is None and not (
+        out.get("x-kubernetes-int-or-string") or out.get("x-kubernetes-preserve-unknown-fields")
+    ):
         raise SchemaError(f"schema node without a type: {node!r}")
     if field and "description" not in out:
         raise SchemaError(f"field {field} needs a description (for kubectl explain)")
@@ -161,6 +170,8 @@ def printer_columns() -> list[dict[str, Any]]:
          "description": "Worker pods."},
         {"name": "Desired", "type": "integer", "jsonPath": ".status.desiredReplicas",
          "description": "Worker pods wanted."},
+        {"name": "Next", "type": "string", "jsonPath": ".status.nextTick",
+         "description": "Earliest next schedule tick."},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.scaling.reason",
          "priority": 1, "description": "Last scaling decision in words."},

@@ -12,6 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
 from typing import Any
 
 import kopf
@@ -19,10 +22,11 @@ import kopf
 from bgq_operator.autoscaler import Autoscaler
 from bgq_operator.errors import KubernetesApiError
 from bgq_operator.kube import ConflictError, Kube
-from bgq_operator.manifests import LABEL_MANAGED_BY, LABEL_QUEUE, MANAGED_BY
-from bgq_operator.reconcile import Context, forget, reconcile
+from bgq_operator.manifests import LABEL_MANAGED_BY, LABEL_QUEUE, MANAGED_BY, ManifestOptions
+from bgq_operator.reconcile import Context, forget, needs_resync, reconcile
+from bgq_operator.schedules import Scheduler
 from bgq_operator.spec import GROUP, PLURAL, VERSION
-from bgq_operator.state import DeploymentView, QueueState
+from bgq_operator.state import DeploymentView, adopt_status
 
 log = logging.getLogger("bgq_operator.handlers")
 
@@ -30,19 +34,35 @@ RESYNC_S = 30.0
 """How often every queue is reconciled again (drift, Secrets appearing, Redis coming back)."""
 
 
-class Runtime:
-    """The operator's process-wide objects (created at startup)."""
+@dataclass
+class OperatorMemo:
+    """The operator's process-wide objects, carried by kopf's ``memo`` (no module globals).
 
+    The entry point creates it with the options from its flags and passes it to
+    ``kopf.operator(memo=...)``; the startup handler fills in the rest before any resource
+    handler runs. Kopf hands each resource's handlers a shallow copy, so the objects (and the
+    ``pending`` set) are shared while the attributes are set once, at startup.
+    """
+
+    manifest_options: ManifestOptions = field(default_factory=ManifestOptions)
     ctx: Context | None = None
     autoscaler: Autoscaler | None = None
+    scheduler: Scheduler | None = None
     resync: asyncio.Task[None] | None = None
-    pending: set[asyncio.Task[Any]] = set()  # noqa: RUF012 - process-wide by design
+    pending: set[asyncio.Task[Any]] = field(default_factory=set)
+    """Reconciles started from watch events (ended before the connections close)."""
+
+    def track(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` as a task that :func:`cleanup` cancels and waits for."""
+        task = asyncio.create_task(coro)
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
 
 
-def _ctx() -> Context:
-    if Runtime.ctx is None:
+def _ctx(memo: OperatorMemo) -> Context:
+    if memo.ctx is None:
         raise kopf.TemporaryError("the operator is still starting", delay=1)
-    return Runtime.ctx
+    return memo.ctx
 
 
 def configure(settings: kopf.OperatorSettings) -> None:
@@ -61,31 +81,56 @@ def configure(settings: kopf.OperatorSettings) -> None:
     settings.execution.max_workers = 4
 
 
+def _memo(memo: Any) -> OperatorMemo:
+    """Kopf's ``memo`` argument, checked (a bare ``kopf.run`` would pass a ``kopf.Memo``)."""
+    if not isinstance(memo, OperatorMemo):
+        raise kopf.PermanentError("start the operator with bgq_operator.__main__ (memo missing)")
+    return memo
+
+
 @kopf.on.startup()
-async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+async def startup(settings: kopf.OperatorSettings, memo: Any, **_: Any) -> None:
     """Configure kopf, log in, start the autoscaler and the resync loop."""
+    m = _memo(memo)
     configure(settings)
     kube = await Kube.connect()
-    ctx = Context(kube=kube)
+    ctx = Context(kube=kube, manifest_options=m.manifest_options)
     autoscaler = Autoscaler(ctx)
     ctx.on_change = autoscaler.refresh
-    Runtime.ctx, Runtime.autoscaler = ctx, autoscaler
-    Runtime.resync = asyncio.create_task(_resync_forever(ctx), name="bgq-resync")
+    m.ctx, m.autoscaler = ctx, autoscaler
+    m.resync = asyncio.create_task(_resync_forever(ctx), name="bgq-resync")
+    m.scheduler = Scheduler(ctx)
+    m.scheduler.start()
 
 
 @kopf.on.cleanup()
-async def cleanup(**_: Any) -> None:
-    """Stop background tasks and close connections."""
-    if Runtime.resync is not None:
-        Runtime.resync.cancel()
+async def cleanup(memo: Any, **_: Any) -> None:
+    """Stop background tasks, then close connections (nothing may still be using them)."""
+    m = _memo(memo)
+    if m.resync is not None:
+        m.resync.cancel()
         with contextlib.suppress(asyncio.CancelledError):
-            await Runtime.resync
-    if Runtime.autoscaler is not None:
-        await Runtime.autoscaler.stop()
-    if Runtime.ctx is not None:
-        await Runtime.ctx.redis.close()
-        await Runtime.ctx.kube.close()
-    Runtime.ctx = Runtime.autoscaler = Runtime.resync = None
+            await m.resync
+    # reconciles started from watch events: finish them before their connections close (a
+    # request on a closed session raises, and kopf would turn that into exit code 1)
+    await _cancel_and_wait(m.pending)
+    if m.scheduler is not None:
+        await m.scheduler.stop()
+    if m.autoscaler is not None:
+        await m.autoscaler.stop()
+    if m.ctx is not None:
+        await m.ctx.redis.close()
+        await m.ctx.kube.close()
+    m.ctx = m.autoscaler = m.resync = m.scheduler = None
+
+
+async def _cancel_and_wait(tasks: set[asyncio.Task[Any]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended (whatever it raised)."""
+    pending = list(tasks)
+    for task in pending:
+        task.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
 
 
 async def _reconcile_from_state(ctx: Context, namespace: str, name: str) -> None:
@@ -102,28 +147,18 @@ async def _reconcile_from_state(ctx: Context, namespace: str, name: str) -> None
 
 
 async def _resync_forever(ctx: Context) -> None:
-    """The one operator-level periodic loop (instead of per-object timers)."""
+    """The one operator-level periodic loop (instead of per-object timers).
+
+    It reconciles the queues that may need it: those with a problem (a Secret may have
+    appeared, Redis may be back) and those whose Deployment was not verified within VERIFY_S.
+    A healthy queue costs nothing here: spec changes arrive by the update handler, edits of
+    its Deployment by the Deployment watch, and Redis trouble by the autoscaler's reads.
+    """
     while True:
         await asyncio.sleep(RESYNC_S)
         for state in ctx.registry.all():
-            await _reconcile_from_state(ctx, state.namespace, state.name)
-
-
-def adopt_status(state: QueueState, status: dict[str, Any]) -> None:
-    """Continue from the status a previous operator run wrote (first sight of an object).
-
-    Keeps conditions' lastTransitionTime across restarts, avoids re-posting events for states
-    that are not new, and gives the autoscaler its memory back (no early scale-down).
-    """
-    if not status:
-        return
-    state.last_status = status
-    state.conditions = list(status.get("conditions") or [])
-    scaling = dict(status.get("scaling") or {})
-    state.memory = dict(scaling.pop("memory", None) or {})
-    state.scaling = scaling
-    if status.get("queue"):
-        state.queue = {k: v for k, v in status["queue"].items() if k != "name"}
+            if needs_resync(state, time.monotonic()):
+                await _reconcile_from_state(ctx, state.namespace, state.name)
 
 
 @kopf.on.resume(GROUP, VERSION, PLURAL)
@@ -137,10 +172,12 @@ async def reconcile_handler(
     meta: kopf.Meta,
     spec: kopf.Spec,
     status: kopf.Status,
+    memo: Any,
     **_: Any,
 ) -> None:
     """Create, resume and spec updates all run the same reconcile. Returns None on purpose."""
-    ctx = _ctx()
+    m = _memo(memo)
+    ctx = _ctx(m)
     assert namespace is not None  # the CRD is namespaced
     state = ctx.registry.get(namespace, name)
     state.raw_spec = dict(spec)
@@ -154,34 +191,37 @@ async def reconcile_handler(
         )  # fmt: skip
     except ConflictError as exc:
         raise kopf.TemporaryError(f"{exc}; retrying", delay=1) from None
-    if Runtime.autoscaler is not None:
-        Runtime.autoscaler.poke(state)
+    if m.autoscaler is not None:
+        m.autoscaler.poke(state)
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
 async def queue_event(
+    *,
     type: str | None,
     name: str,
     namespace: str | None,
     meta: kopf.Meta,
     spec: kopf.Spec,
+    memo: Any,
     **_: Any,
 ) -> None:
     """Every watch event: note deletions, annotation (pause) and generation changes."""
-    if Runtime.ctx is None or namespace is None:
+    m = _memo(memo)
+    if m.ctx is None or namespace is None:
         return
     if type == "DELETED":
-        await forget(Runtime.ctx, namespace, name)
+        await forget(m.ctx, namespace, name)
         return
-    state = Runtime.ctx.registry.find(namespace, name)
+    state = m.ctx.registry.find(namespace, name)
     if state is None:
         return  # create/resume handlers will register it
     annotations = dict(meta.annotations)
     paused_before = state.paused
     state.annotations = annotations
     state.raw_spec = dict(spec)
-    if state.paused != paused_before and Runtime.autoscaler is not None:
-        Runtime.autoscaler.poke(state)
+    if state.paused != paused_before and m.autoscaler is not None:
+        m.autoscaler.poke(state)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={LABEL_MANAGED_BY: MANAGED_BY})
@@ -190,10 +230,12 @@ async def deployment_event(
     body: kopf.Body,
     namespace: str | None,
     labels: kopf.Labels,
+    memo: Any,
     **_: Any,
 ) -> None:
     """Keep the Deployment's replicas/readiness current; repair edits made by others quickly."""
-    ctx = Runtime.ctx
+    m = _memo(memo)
+    ctx = m.ctx
     queue = labels.get(LABEL_QUEUE)
     if ctx is None or not queue or namespace is None:
         return
@@ -202,9 +244,7 @@ async def deployment_event(
         return
     if type == "DELETED":
         state.deployment = None
-        task = asyncio.create_task(_reconcile_from_state(ctx, namespace, queue))
-        Runtime.pending.add(task)
-        task.add_done_callback(Runtime.pending.discard)
+        m.track(_reconcile_from_state(ctx, namespace, queue))
         return
     view = DeploymentView.from_body(dict(body))
     if state.deployment is not None and view.generation < state.deployment.generation:
@@ -213,8 +253,6 @@ async def deployment_event(
     state.deployment = view
     if view.generation > state.written_generation and state.written_generation:
         state.written_generation = view.generation
-        task = asyncio.create_task(_reconcile_from_state(ctx, namespace, queue))
-        Runtime.pending.add(task)
-        task.add_done_callback(Runtime.pending.discard)
-    elif was_ready != view.ready_replicas and Runtime.autoscaler is not None:
-        Runtime.autoscaler.poke(state)
+        m.track(_reconcile_from_state(ctx, namespace, queue))
+    elif was_ready != view.ready_replicas and m.autoscaler is not None:
+        m.autoscaler.poke(state)

@@ -20,6 +20,7 @@ from kubernetes.aio import client as kclient
 from kubernetes.aio import config as kconfig
 from kubernetes.aio.client.exceptions import ApiException
 
+from bgq_operator import metrics
 from bgq_operator.errors import KubernetesApiError
 from bgq_operator.spec import GROUP, PLURAL, VERSION
 
@@ -80,6 +81,7 @@ class Kube:
         content_type: str = JSON,
     ) -> dict[str, Any]:
         """One API call; returns the response object, raises :class:`KubernetesApiError`."""
+        metrics.API_REQUESTS.labels(method).inc()
         try:
             result = await self._api.call_api(
                 path,

@@ -13,6 +13,7 @@ an entry defensively), then ``envFrom`` sources, which Kubernetes ranks below ev
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from bgq_operator.spec import (
@@ -37,7 +38,36 @@ RUN_AS_ID = 10001
 GRACE_MARGIN_SECONDS = 5
 CA_MOUNT_DIR = "/etc/bgq/redis-ca"
 CA_FILE_NAME = "ca.crt"
-DEFAULT_COMMAND = ("bgq", "worker")
+# tini as PID 1 (docs/design.md, "PID 1"): it forwards SIGTERM to the worker (only to it, no -g:
+# the children running cpu_bound jobs must not be interrupted) and reaps orphans. `-e 143` reports
+# "bgq was killed by SIGTERM" as exit 0: that can only happen before bgq installed its SIGTERM
+# handler, which it does before it connects or fetches anything, so nothing was left undone.
+# `command` replaces the image's ENTRYPOINT, so this must name tini itself (the bgq-worker image
+# has it; a custom image without tini sets spec.worker.command).
+DEFAULT_COMMAND = ("tini", "-e", "143", "--", "bgq", "worker")
+
+
+@dataclass(frozen=True)
+class ManifestOptions:
+    """Operator-wide settings that shape every worker Deployment (flags of ``bgq-operator``).
+
+    ``scrape_annotations`` puts the conventional ``prometheus.io/scrape|port|path`` annotations
+    on worker pods, for Prometheus setups that discover pods by annotation instead of a
+    PodMonitor. It is operator-wide (chart value ``metrics.workers.scrapeAnnotations``) rather
+    than a spec field because how the cluster scrapes is the platform's choice, not each queue's;
+    a queue can still set or override them through ``spec.worker.podAnnotations``, which win.
+    """
+
+    scrape_annotations: bool = False
+
+
+def scrape_annotations() -> dict[str, str]:
+    """The ``prometheus.io/*`` annotations of a worker pod (its /metrics on the http port)."""
+    return {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(HTTP_PORT),
+        "prometheus.io/path": "/metrics",
+    }
 
 
 def selector_labels(name: str) -> dict[str, str]:
@@ -88,6 +118,12 @@ def worker_env(name: str, namespace: str, spec: BackgroundQueueSpec) -> list[dic
         env.append({"name": "BGQ_REDIS_URL", "value": url})
     elif spec.redis.url_secret_ref is not None:
         env.append(_secret_env("BGQ_REDIS_URL", spec.redis.url_secret_ref))
+    if spec.redis.mode != "Standalone":  # unset for Standalone: existing Deployments unchanged
+        env.append({"name": "BGQ_REDIS_MODE", "value": spec.redis.mode.lower()})
+        if spec.redis.nodes:
+            env.append({"name": "BGQ_REDIS_NODES", "value": ",".join(spec.redis.nodes)})
+        if spec.redis.sentinel_master:
+            env.append({"name": "BGQ_REDIS_SENTINEL_MASTER", "value": spec.redis.sentinel_master})
     if spec.redis.password_secret_ref is not None:
         env.append(_secret_env("BGQ_REDIS_PASSWORD", spec.redis.password_secret_ref))
     if spec.redis.tls.ca_secret_ref is not None:
@@ -177,13 +213,21 @@ def worker_container(name: str, namespace: str, spec: BackgroundQueueSpec) -> di
     return container
 
 
-def pod_template(name: str, namespace: str, spec: BackgroundQueueSpec) -> dict[str, Any]:
+def pod_template(
+    name: str,
+    namespace: str,
+    spec: BackgroundQueueSpec,
+    *,
+    options: ManifestOptions = ManifestOptions(),
+) -> dict[str, Any]:
     """The worker pod template: user pod settings plus the operator's fixed ones."""
     worker = spec.worker
     labels = {**(worker.pod_labels or {}), **worker_labels(name)}  # ours win on conflict
     metadata: dict[str, Any] = {"labels": labels}
-    if worker.pod_annotations:
-        metadata["annotations"] = dict(worker.pod_annotations)
+    annotations = scrape_annotations() if options.scrape_annotations else {}
+    annotations.update(worker.pod_annotations or {})  # the queue's own annotations win
+    if annotations:
+        metadata["annotations"] = annotations
     pod: dict[str, Any] = {
         "containers": [worker_container(name, namespace, spec)],
         "terminationGracePeriodSeconds": spec.drain_seconds + GRACE_MARGIN_SECONDS,
@@ -234,7 +278,13 @@ def pod_template(name: str, namespace: str, spec: BackgroundQueueSpec) -> dict[s
 
 
 def build_deployment(
-    name: str, namespace: str, uid: str, spec: BackgroundQueueSpec, replicas: int
+    name: str,
+    namespace: str,
+    uid: str,
+    spec: BackgroundQueueSpec,
+    replicas: int,
+    *,
+    options: ManifestOptions = ManifestOptions(),
 ) -> dict[str, Any]:
     """The complete worker Deployment for BackgroundQueue ``namespace/name``.
 
@@ -260,6 +310,6 @@ def build_deployment(
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0},
             },
-            "template": pod_template(name, namespace, spec),
+            "template": pod_template(name, namespace, spec, options=options),
         },
     }

@@ -14,6 +14,8 @@ Called from the kopf create/resume/update handlers and from the operator-level p
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -22,17 +24,28 @@ from typing import Any
 
 import redis.exceptions
 
+from bgq.connection import probe
+from bgq.errors import BgqError, ConfigError
 from bgq_operator import conditions as cond
 from bgq_operator import metrics
 from bgq_operator.errors import DependencyError, InvalidSpecError, KubernetesApiError
 from bgq_operator.kube import ConflictError, Kube
-from bgq_operator.manifests import build_deployment
+from bgq_operator.manifests import ManifestOptions, build_deployment
 from bgq_operator.redisconn import RedisClients, resolve_endpoint
 from bgq_operator.spec import BackgroundQueueSpec, deployment_name, parse_spec
-from bgq_operator.state import DeploymentView, Problem, QueueState, Registry, compose_status
+from bgq_operator.state import (
+    DeploymentView,
+    Problem,
+    QueueState,
+    Registry,
+    compose_status,
+    status_body,
+)
 
 log = logging.getLogger("bgq_operator.reconcile")
 
+RECONCILE_CONCURRENCY = 8
+STATUS_WRITE_CONCURRENCY = 16
 VOLATILE_REFRESH_S = 10.0
 """Write status at most this often when only explanations, timers or memory changed."""
 
@@ -44,8 +57,19 @@ class Context:
     kube: Kube
     registry: Registry = field(default_factory=Registry)
     redis: RedisClients = field(default_factory=RedisClients)
+    manifest_options: ManifestOptions = field(default_factory=ManifestOptions)
+    """Operator-wide Deployment settings (``bgq-operator`` flags)."""
     on_change: Callable[[], None] = lambda: None
     """Called when queues or their endpoints change (wakes the autoscaler's bookkeeping)."""
+    reconcile_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(RECONCILE_CONCURRENCY)
+    )
+    """Reconciles running at once (1,000 queues at start-up must not flood the API server)."""
+    write_slots: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(STATUS_WRITE_CONCURRENCY)
+    )
+    """Status patches and events in flight at once. Scaling writes do not take a slot: a
+    decision is never queued behind bookkeeping."""
 
 
 def initial_replicas(spec: BackgroundQueueSpec) -> int:
@@ -68,7 +92,8 @@ async def post_event(ctx: Context, state: QueueState, type_: str, reason: str, m
     """Post an event on the BackgroundQueue; failures are logged, never raised."""
     log.info("%s/%s %s: %s", state.namespace, state.name, reason, msg)
     try:
-        await ctx.kube.post_event(state.involved, type_, reason, msg)
+        async with ctx.write_slots:
+            await ctx.kube.post_event(state.involved, type_, reason, msg)
     except KubernetesApiError as exc:
         log.warning("could not post event %s on %s/%s: %s", reason, *state.key, exc)
 
@@ -77,15 +102,16 @@ async def flush_status(ctx: Context, state: QueueState, force: bool = False) -> 
     """Recompute conditions, patch status if it changed, post events for condition changes."""
     before = state.last_status.get("conditions") if state.last_status else None
     state.refresh_conditions()
-    status = compose_status(state)
+    status = status_body(compose_status(state))
     now = time.monotonic()
     last = state.last_status
     if not force and last is not None and _essential(status) == _essential(last):
         fresh = now - state.last_status_at < VOLATILE_REFRESH_S
-        if fresh or status == last:
+        if fresh or status == last or _timeless(status) == _timeless(last):
             return
     try:
-        await ctx.kube.patch_queue_status(state.namespace, state.name, status)
+        async with ctx.write_slots:
+            await ctx.kube.patch_queue_status(state.namespace, state.name, status)
     except KubernetesApiError as exc:
         log.warning("could not patch status of %s/%s: %s", *state.key, exc)
         return
@@ -113,8 +139,12 @@ _EVENT_REASONS = {
 }
 
 
+_VOLATILE_LIMIT = ("runSeconds", "running", "startable")
+"""Figures of ``status.scaling.limit`` refreshed like the queue figures, not per tick."""
+
+
 def _essential(status: Mapping[str, Any]) -> dict[str, Any]:
-    """Status without the fields that change on every tick (explanations, timers, memory).
+    """Status without the fields that change on every tick (figures, explanations, memory).
 
     A change there alone is written at most every ``VOLATILE_REFRESH_S``, so an idle queue
     does not cost an API write (and a watch event) per poll.
@@ -122,15 +152,39 @@ def _essential(status: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(status)
     if "scaling" in out:
         out["scaling"] = {
-            k: v for k, v in out["scaling"].items() if k not in ("memory", "reason")
+            k: v for k, v in out["scaling"].items() if k not in ("memory", "reason", "demand")
         }
-    if "queue" in out:
-        out["queue"] = {k: v for k, v in out["queue"].items() if k != "oldestJobAgeSeconds"}
+        limit = out["scaling"].get("limit")
+        if isinstance(limit, Mapping):  # the measured figures move every tick; the caps stay
+            out["scaling"]["limit"] = {k: v for k, v in limit.items() if k not in _VOLATILE_LIMIT}
+    # the queue figures (backlog, in-flight, ...) change on every tick of a busy queue: they
+    # are refreshed with the next essential change or every VOLATILE_REFRESH_S, not per tick
+    # (a burst on 50 queues would otherwise cost a status write per queue per wake-up)
+    out.pop("queue", None)
     out["conditions"] = [
         {k: v for k, v in c.items() if not (c.get("type") == cond.SCALING and k == "message")}
         for c in out.get("conditions") or ()
     ]
     return out
+
+
+def _timeless(status: Mapping[str, Any]) -> Any:
+    """Status without the clock where it carries no meaning: the time of a zero-need entry in
+    ``scaling.memory.window``. The window keeps strictly decreasing needs, so a zero entry is
+    always the newest, is replaced by the next observation and never bounds a decision; its
+    stamp moving on every tick is the one thing an idle queue's status changes, and writing
+    that is what made 1,000 idle queues cost ~4,700 PATCHes a minute. An idle queue now writes
+    nothing at all (a restart reads the older stamp, which is equally meaningless)."""
+    memory = (status.get("scaling") or {}).get("memory")
+    if not isinstance(memory, Mapping) or not isinstance(memory.get("window"), list):
+        return status
+    window = [
+        [None, entry[1]] if isinstance(entry, list) and len(entry) == 2 and entry[1] == 0
+        else entry
+        for entry in memory["window"]
+    ]  # fmt: skip
+    scaling = {**status["scaling"], "memory": {**memory, "window": window}}
+    return {**status, "scaling": scaling}
 
 
 APPLY_ATTEMPTS = 3
@@ -154,10 +208,11 @@ async def _apply_deployment(ctx: Context, state: QueueState, spec: BackgroundQue
 
 
 def _adopt(state: QueueState, body: dict[str, Any]) -> DeploymentView:
-    """Take ``body`` as the Deployment this reconcile left in place.
+    """Take ``body`` as the Deployment this reconcile left in place (it matches the spec).
 
     Its generation becomes the operator's own (``written_generation``), so the watch event our
-    write triggers is not mistaken for someone else's edit.
+    write triggers is not mistaken for someone else's edit; ``state.applied`` remembers what
+    was verified, for the resync's fast path (:func:`_verified`).
     """
     view = DeploymentView.from_body(body)
     state.deployment = view
@@ -165,48 +220,143 @@ def _adopt(state: QueueState, body: dict[str, Any]) -> DeploymentView:
     return view
 
 
+def _verified(state: QueueState, view: DeploymentView, wanted: str) -> None:
+    """Remember that the Deployment at ``view.generation`` carries the manifest ``wanted``."""
+    state.applied = (view.generation, wanted, time.monotonic())
+
+
+def _check_owned(live: Mapping[str, Any], state: QueueState) -> None:
+    """Refuse to take over a Deployment of the same name that this queue does not own.
+
+    Someone else's Deployment (a Helm release's ``bgq-operator`` when a queue is named
+    ``operator``, an app's own ``bgq-x``) is never replaced or scaled: the queue gets the
+    ``DeploymentNotOwned`` problem instead, naming the Deployment and the fix.
+    """
+    owners = (live.get("metadata") or {}).get("ownerReferences") or []
+    if any(o.get("uid") == state.uid for o in owners if isinstance(o, Mapping)):
+        return
+    name = deployment_name(state.name)
+    holders = ", ".join(f"{o.get('kind')}/{o.get('name')}" for o in owners) or "no owner"
+    raise DependencyError(
+        "DeploymentNotOwned",
+        f"Deployment {state.namespace}/{name} exists but is not this BackgroundQueue's "
+        f"({holders}); bgq leaves it alone. Rename the queue or move that Deployment",
+    )
+
+
+VERIFY_S = 600.0
+"""A queue whose Deployment nothing changed is still read and dry-run compared this often
+(the safety net for a watch event that never arrived)."""
+
+
+def needs_resync(state: QueueState, mono: float) -> bool:
+    """Whether the periodic resync should reconcile ``state`` (see handlers._resync_forever)."""
+    view, applied = state.deployment, state.applied
+    return (
+        state.problem is not None
+        or state.redis_error is not None
+        or not state.redis_checked
+        or view is None
+        or applied is None
+        or applied[0] != view.generation
+        or mono - applied[2] >= VERIFY_S
+    )
+
+
+def _manifest_key(body: Mapping[str, Any]) -> str:
+    """What the operator wants of the Deployment, replicas aside (they are the autoscaler's)."""
+    wanted = {**body, "spec": {k: v for k, v in body["spec"].items() if k != "replicas"}}
+    return json.dumps(wanted, sort_keys=True, separators=(",", ":"))
+
+
 async def _apply_deployment_once(
     ctx: Context, state: QueueState, spec: BackgroundQueueSpec
 ) -> None:
     name, namespace = state.name, state.namespace
+    # built once; replicas are set below (the key leaves them out: they are the autoscaler's)
+    body = build_deployment(name, namespace, state.uid, spec, 0, options=ctx.manifest_options)
+    wanted = _manifest_key(body)
+    seen = state.deployment
+    if seen is not None and state.applied is not None:
+        # Fast path (a resync of 1,000 queues costs no API call): the manifest is the one last
+        # verified, and no one changed the Deployment since (the watch shows a newer
+        # generation as soon as anyone does, and that reconcile takes the full path).
+        generation, applied, verified_at = state.applied
+        if (
+            wanted == applied
+            and seen.generation == generation == state.written_generation
+            and time.monotonic() - verified_at < VERIFY_S
+        ):
+            return
     live = await ctx.kube.get_deployment(namespace, deployment_name(name))
     if live is None:
-        body = build_deployment(name, namespace, state.uid, spec, initial_replicas(spec))
+        body["spec"]["replicas"] = initial_replicas(spec)
         created = await ctx.kube.create_deployment(namespace, body)
         view = _adopt(state, created)
+        _verified(state, view, wanted)
         await post_event(
             ctx, state, "Normal", "DeploymentCreated",
             f"created Deployment {deployment_name(name)} with {view.replicas} replicas",
         )  # fmt: skip
         return
-    replicas = int((live.get("spec") or {}).get("replicas") or 0)
-    body = build_deployment(name, namespace, state.uid, spec, replicas)
+    _check_owned(live, state)
+    body["spec"]["replicas"] = int((live.get("spec") or {}).get("replicas") or 0)
     body["metadata"]["resourceVersion"] = live["metadata"]["resourceVersion"]
     would_be = await ctx.kube.replace_deployment(namespace, body, dry_run=True)
     diffs = _drifted(live, would_be)
     if diffs:
         updated = await ctx.kube.replace_deployment(namespace, body)
-        _adopt(state, updated)
+        _verified(state, _adopt(state, updated), wanted)
         await post_event(
             ctx, state, "Normal", "DeploymentUpdated",
             f"Deployment {deployment_name(name)} brought back to the spec ({', '.join(diffs)} "
             "differed); replicas left as they were",
         )  # fmt: skip
     else:
-        _adopt(state, live)
+        _verified(state, _adopt(state, live), wanted)
 
 
 async def check_redis(ctx: Context, state: QueueState) -> None:
-    """PING the queue's Redis and record RedisReachable."""
+    """Probe the queue's Redis (reachable, and of the topology spec.redis.mode names) and record
+    RedisReachable; a topology mistake (a cluster node in Standalone mode, a plain server in
+    Cluster mode, an unknown Sentinel master) becomes the RedisMisconfigured problem."""
     if state.endpoint is None:
         return
     try:
-        await ctx.redis.client(state.endpoint).ping()
-    except (redis.exceptions.RedisError, OSError) as exc:
-        state.redis_error = f"cannot reach Redis at {state.endpoint.label}: {exc}"
+        client = ctx.redis.client(state.endpoint)
+        await probe(client, state.endpoint.settings())
+    except ConfigError as exc:
+        state.redis_error = None
+        state.problem = Problem("RedisMisconfigured", _spec_names(str(exc)))
+    except (BgqError, redis.exceptions.RedisError, OSError) as exc:
+        text = str(exc)
+        state.redis_error = _spec_names(
+            text
+            if text.startswith("cannot reach")
+            else f"cannot reach Redis at {state.endpoint.label}: {exc}"
+        )
     else:
         state.redis_error = None
     state.redis_checked = True
+
+
+_SPEC_NAMES = {
+    "BGQ_REDIS_MODE=cluster": "spec.redis.mode: Cluster",
+    "BGQ_REDIS_MODE=standalone": "spec.redis.mode: Standalone",
+    "BGQ_REDIS_MODE is cluster": "spec.redis.mode is Cluster",
+    "BGQ_REDIS_MODE is standalone": "spec.redis.mode is Standalone",
+    "BGQ_REDIS_SENTINEL_MASTER": "spec.redis.sentinelMaster",
+    "BGQ_REDIS_NODES": "spec.redis.nodes",
+    "BGQ_REDIS_URL": "spec.redis.url",
+    "BGQ_REDIS_PASSWORD": "spec.redis.passwordSecretRef",
+}
+
+
+def _spec_names(message: str) -> str:
+    """A connection error's message in the words of the BackgroundQueue spec."""
+    for env, spec_field in _SPEC_NAMES.items():
+        message = message.replace(env, spec_field)
+    return message
 
 
 async def reconcile(
@@ -225,7 +375,7 @@ async def reconcile(
     every other problem ends up in conditions and events instead of an exception.
     """
     state = ctx.registry.get(namespace, name)
-    async with state.lock:
+    async with ctx.reconcile_slots, state.lock:
         state.uid, state.generation = uid, generation
         state.annotations = dict(annotations or {})
         try:
@@ -247,6 +397,8 @@ async def reconcile(
             raise
         except KubernetesApiError as exc:
             state.problem = Problem("DeploymentFailed", str(exc))
+        except DependencyError as exc:  # a Deployment of that name that is not ours
+            state.problem = Problem(exc.reason, exc.message)
         await check_redis(ctx, state)
         outcome = "ok" if state.problem is None else "problem"
         metrics.RECONCILES.labels(outcome).inc()

@@ -13,9 +13,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import redis.asyncio
-
-from bgq.connection import async_client, redact
+from bgq.connection import AsyncRedis, async_client, describe_target, redact
+from bgq.settings import RedisMode, RedisSettings
 from bgq_operator.errors import DependencyError
 from bgq_operator.kube import Kube
 from bgq_operator.spec import RedisSpec, SecretKeyRef
@@ -30,11 +29,28 @@ class Endpoint:
     url: str
     password: str | None = None
     ca_pem: str | None = None
+    mode: str = "Standalone"
+    """``spec.redis.mode``: Standalone, Cluster or Sentinel."""
+    nodes: tuple[str, ...] = ()
+    sentinel_master: str | None = None
 
     @property
     def label(self) -> str:
         """The URL without secrets (safe for logs, events and metrics)."""
-        return redact(self.url)
+        if self.mode == "Standalone":
+            return redact(self.url)
+        return describe_target(self.settings())
+
+    def settings(self, ca_file: str | None = None) -> RedisSettings:
+        """The :class:`RedisSettings` of this endpoint (what workers get as BGQ_REDIS_*)."""
+        return RedisSettings(
+            mode=RedisMode(self.mode.lower()),
+            url=self.url,
+            password=self.password,
+            tls_ca_file=ca_file,
+            nodes=",".join(self.nodes),
+            sentinel_master=self.sentinel_master,
+        )
 
 
 async def _secret_value(kube: Kube, namespace: str, ref: SecretKeyRef, what: str) -> str:
@@ -84,14 +100,21 @@ async def resolve_endpoint(kube: Kube, namespace: str, spec: RedisSpec) -> Endpo
     ca = None
     if spec.tls.ca_secret_ref is not None:
         ca = await _secret_value(kube, namespace, spec.tls.ca_secret_ref, "tls.caSecretRef")
-    return Endpoint(url=url, password=password, ca_pem=ca)
+    return Endpoint(
+        url=url,
+        password=password,
+        ca_pem=ca,
+        mode=spec.mode,
+        nodes=tuple(spec.nodes or ()),
+        sentinel_master=spec.sentinel_master,
+    )
 
 
 class RedisClients:
     """One asyncio Redis client per endpoint, created on first use."""
 
     def __init__(self) -> None:
-        self._clients: dict[Endpoint, redis.asyncio.Redis] = {}
+        self._clients: dict[Endpoint, AsyncRedis] = {}
         self._ca_dir: Path | None = None
 
     def _ca_file(self, pem: str) -> str:
@@ -102,15 +125,14 @@ class RedisClients:
             path.write_text(pem)
         return str(path)
 
-    def client(self, endpoint: Endpoint) -> redis.asyncio.Redis:
-        """The shared client of ``endpoint``."""
+    def client(self, endpoint: Endpoint) -> AsyncRedis:
+        """The shared client of ``endpoint`` (redis-py's cluster client for mode Cluster: a
+        pipeline over many queues becomes one pipeline per node, sent concurrently)."""
         found = self._clients.get(endpoint)
         if found is None:
             ca_file = self._ca_file(endpoint.ca_pem) if endpoint.ca_pem else None
             found = async_client(
-                endpoint.url,
-                endpoint.password,
-                ca_file,
+                endpoint.settings(ca_file),
                 socket_timeout=SOCKET_TIMEOUT_S,
                 socket_connect_timeout=SOCKET_TIMEOUT_S,
             )

@@ -22,7 +22,19 @@ The rules (docs/autoscaling.md has the long form and a worked example):
   the idle window) for ``idle_before_zero_s``; until then one pod stays.
 * Redis unreachable: keep the current replicas (``Keep``), or go to ``min`` after the scale-down
   delay (``Min``); unknown work counts as work, so the idle clock restarts.
-* Paused: replicas stay exactly where they are.
+* Autoscaler paused (annotation ``bgq.dev/autoscaler-paused``): replicas stay exactly where
+  they are.
+* Queue paused (``spec.paused`` or ``bgq pause``): workers fetch nothing, so the queue goes to
+  zero, but never below the pods still running jobs (they finish).
+* Schedule pre-warm: with ``warm`` observed (a schedule ticks within its ``warmSeconds``) at
+  least one pod, so the tick's job does not wait for a cold start.
+* Rate limit (``spec.limits.rate``): never more pods than the limit lets work:
+  ``ceil(rate x run time / jobs per pod) + idleHeadroom`` (at least 1), once a run time has
+  been observed.
+* Per-key concurrency (``spec.limits.keys[].concurrency``): when every waiting job is parked
+  behind the key limits (nothing unread in the streams, no delayed job due), never more pods
+  than the jobs that can run: ``ceil((running + startable) / jobs per pod) + idleHeadroom``
+  (at least 1), where ``startable`` is the parked jobs the keys' free slots let start now.
 """
 
 from __future__ import annotations
@@ -46,7 +58,10 @@ __all__ = [
     "ScalingMemory",
     "ScalingPolicy",
     "decide",
+    "key_cap",
+    "limit_figures",
     "policy_from_spec",
+    "rate_cap",
 ]
 
 RedisFallback = Literal["Keep", "Min"]
@@ -79,8 +94,16 @@ class BoundBy(StrEnum):
     """Not lowered below the number of pods running a job."""
     REDIS_UNAVAILABLE = "redis-unavailable"
     """Demand unknown: Redis unreachable (Keep or Min)."""
+    AUTOSCALER_PAUSED = "autoscaler-paused"
+    """The bgq.dev/autoscaler-paused annotation freezes replicas."""
     PAUSED = "paused"
-    """The pause annotation freezes replicas."""
+    """The queue is paused (spec.paused or bgq pause): down to the pods still running jobs."""
+    SCHEDULE_WARM = "schedule-warm"
+    """One pod started before a schedule's tick (warmSeconds)."""
+    RATE_LIMIT = "rate-limit"
+    """Capped at what spec.limits.rate lets through."""
+    CONCURRENCY_LIMIT = "concurrency-limit"
+    """Capped at what the per-key concurrency limits (spec.limits.keys) let run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +122,15 @@ class ScalingPolicy:
     idle_before_zero_s: float = 60.0
     on_redis_unavailable: RedisFallback = "Keep"
     paused: bool = False
+    """The autoscaler is paused (annotation): replicas frozen."""
+    queue_paused: bool = False
+    """The queue is paused: scale to the busy pods (zero once running jobs finish)."""
+    rate_per_s: float | None = None
+    """spec.limits.rate as job starts per second (None: no global limit)."""
+    rate_jobs: int | None = None
+    """spec.limits.rate.jobs, for the figures in status (the maths use ``rate_per_s``)."""
+    rate_period_s: float | None = None
+    """spec.limits.rate.perSeconds, for the figures in status."""
 
     def __post_init__(self) -> None:
         problems: list[str] = []
@@ -121,6 +153,8 @@ class ScalingPolicy:
             problems.append(f"scale_down_delay_s={self.scale_down_delay_s} must be >= 0")
         if not self.idle_before_zero_s >= 0:
             problems.append(f"idle_before_zero_s={self.idle_before_zero_s} must be >= 0")
+        if self.rate_per_s is not None and not self.rate_per_s > 0:
+            problems.append(f"rate_per_s={self.rate_per_s} must be > 0")
         if self.on_redis_unavailable not in ("Keep", "Min"):
             problems.append(
                 f"on_redis_unavailable={self.on_redis_unavailable!r} must be 'Keep' or 'Min'"
@@ -129,9 +163,13 @@ class ScalingPolicy:
             raise InvalidScalingInputError("invalid scaling policy: " + "; ".join(problems))
 
 
-def policy_from_spec(spec: BackgroundQueueSpec, *, paused: bool = False) -> ScalingPolicy:
-    """Build the policy of a parsed BackgroundQueue spec (``paused`` from the annotation)."""
+def policy_from_spec(
+    spec: BackgroundQueueSpec, *, paused: bool = False, queue_paused: bool = False
+) -> ScalingPolicy:
+    """Build the policy of a parsed BackgroundQueue spec (``paused`` from the annotation,
+    ``queue_paused`` from spec.paused or the queue's pause key)."""
     scaling = spec.scaling
+    rate = spec.limits.rate if spec.limits is not None else None
     return ScalingPolicy(
         min_replicas=scaling.min_replicas,
         max_replicas=scaling.max_replicas,
@@ -141,6 +179,10 @@ def policy_from_spec(spec: BackgroundQueueSpec, *, paused: bool = False) -> Scal
         idle_before_zero_s=float(scaling.idle_seconds_before_zero),
         on_redis_unavailable=scaling.on_redis_unavailable,
         paused=paused,
+        queue_paused=queue_paused or spec.paused,
+        rate_per_s=rate.jobs / rate.per_seconds if rate is not None else None,
+        rate_jobs=rate.jobs if rate is not None else None,
+        rate_period_s=rate.per_seconds if rate is not None else None,
     )
 
 
@@ -165,19 +207,40 @@ class Observation:
     ready_replicas: int = 0
     busy_pods: int = 0
     redis_ok: bool = True
+    warm: bool = False
+    """A schedule ticks within its warmSeconds (keep or start one pod)."""
+    run_time_s: float | None = None
+    """Observed job run time (for the rate-limit cap); None = not observed yet."""
+    startable: int | None = None
+    """Parked jobs the per-key concurrency limits let start now, when every waiting job is
+    parked behind them (``backlog`` is then only parked jobs); None = not known or not the
+    case (unread entries, due delayed jobs, no concurrency keys): no concurrency cap."""
 
     def __post_init__(self) -> None:
         negative = [
             f"{name}={getattr(self, name)}"
             for name in (
-                "current_replicas", "backlog", "in_flight", "due", "due_soon",
-                "ready_replicas", "busy_pods",
+                "current_replicas",
+                "backlog",
+                "in_flight",
+                "due",
+                "due_soon",
+                "ready_replicas",
+                "busy_pods",
             )
             if getattr(self, name) < 0
         ]
+        if self.startable is not None and self.startable < 0:
+            negative.append(f"startable={self.startable}")
         if negative:
             raise InvalidScalingInputError(
                 "observation counts must be >= 0, got " + ", ".join(negative)
+            )
+        if self.run_time_s is not None and not (
+            math.isfinite(self.run_time_s) and self.run_time_s >= 0
+        ):
+            raise InvalidScalingInputError(
+                f"observation run_time_s must be finite and >= 0, got {self.run_time_s}"
             )
         if not math.isfinite(self.now):
             raise InvalidScalingInputError(f"observation time must be finite, got now={self.now}")
@@ -190,7 +253,9 @@ class Observation:
     @property
     def work_anywhere(self) -> bool:
         """True while anything would need a worker soon (blocks scale to zero)."""
-        return self.backlog > 0 or self.in_flight > 0 or self.due > 0 or self.due_soon > 0
+        return (
+            self.backlog > 0 or self.in_flight > 0 or self.due > 0 or self.due_soon > 0 or self.warm
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +331,60 @@ class Decision:
     """Figures behind the reason (window maximum, seconds left on a timer) for metrics/events."""
 
 
-def _need(policy: ScalingPolicy, demand: int) -> tuple[int, BoundBy, str]:
+def rate_cap(policy: ScalingPolicy, run_time_s: float | None, in_flight: int = 0) -> int | None:
+    """Most pods the rate limit keeps busy: ceil(rate x run time / jobs per pod) + headroom.
+
+    Before any run time is observed (no job finished yet) the cap is the jobs in flight plus
+    one second of starts (``ceil((in_flight + rate) / jobs per pod)``): it grows by the
+    limit's worth every tick until the first completions give the run time.
+    """
+    if policy.rate_per_s is None:
+        return None
+    if run_time_s is None:
+        busy = math.ceil((in_flight + policy.rate_per_s) / policy.jobs_per_pod - 1e-9)
+    else:
+        busy = math.ceil(policy.rate_per_s * run_time_s / policy.jobs_per_pod - 1e-9)
+    return max(1, busy) + policy.idle_headroom
+
+
+def key_cap(policy: ScalingPolicy, obs: Observation) -> int | None:
+    """Most pods the per-key concurrency limits keep busy, or None when they do not bound.
+
+    Applies only when every waiting job is parked behind the key limits (``obs.startable`` is
+    set): then at most the running jobs plus the parked ones the keys' free slots let start
+    can run, ``ceil((in_flight + startable) / jobs per pod) + headroom`` (at least 1).
+    """
+    if obs.startable is None:
+        return None
+    busy = math.ceil((obs.in_flight + obs.startable) / policy.jobs_per_pod)
+    return max(1, busy) + policy.idle_headroom
+
+
+def limit_figures(policy: ScalingPolicy, obs: Observation) -> dict[str, Any]:
+    """The numbers behind the limit caps (``status.scaling.limit``); {} without limits."""
+    figures: dict[str, Any] = {}
+    cap = rate_cap(policy, obs.run_time_s, obs.in_flight)
+    if cap is not None and policy.rate_per_s is not None:
+        figures["rate"] = policy.rate_jobs if policy.rate_jobs is not None else policy.rate_per_s
+        figures["perSeconds"] = policy.rate_period_s if policy.rate_period_s is not None else 1.0
+        figures["jobsPerSecond"] = round(policy.rate_per_s, 6)
+        if obs.run_time_s is not None:
+            figures["runSeconds"] = round(obs.run_time_s, 3)
+        figures["cap"] = cap
+    kcap = key_cap(policy, obs)
+    if kcap is not None and obs.startable is not None:
+        figures["running"] = obs.in_flight
+        figures["startable"] = obs.startable
+        figures["concurrencyCap"] = kcap
+    if figures:
+        figures["jobsPerPod"] = policy.jobs_per_pod
+        figures["headroom"] = policy.idle_headroom
+    return figures
+
+
+def _need(
+    policy: ScalingPolicy, demand: int, obs: Observation | None = None
+) -> tuple[int, BoundBy, str]:
     """Pods the demand needs right now, the rule that set the number, and its explanation."""
     pods = math.ceil(demand / policy.jobs_per_pod)
     bound = BoundBy.DEMAND
@@ -275,6 +393,33 @@ def _need(policy: ScalingPolicy, demand: int) -> tuple[int, BoundBy, str]:
         pods += policy.idle_headroom
         bound = BoundBy.HEADROOM
         words += f" + {policy.idle_headroom} warm headroom = {pods}"
+    plus = f" + {policy.idle_headroom} headroom)" if policy.idle_headroom else ")"
+    kcap = None if obs is None else key_cap(policy, obs)
+    if kcap is not None and pods > kcap:
+        assert obs is not None and obs.startable is not None
+        pods, bound = kcap, BoundBy.CONCURRENCY_LIMIT
+        words += (
+            f", capped at {kcap} by the per-key concurrency limits (every waiting job is "
+            f"parked behind them: {obs.in_flight} running + {obs.startable} may start "
+            f"/ {policy.jobs_per_pod} per pod" + plus
+        )
+    cap = None if obs is None else rate_cap(policy, obs.run_time_s, obs.in_flight)
+    if cap is not None and pods > cap:
+        assert obs is not None and policy.rate_per_s is not None
+        pods, bound = cap, BoundBy.RATE_LIMIT
+        figures = (
+            f"{policy.rate_per_s:g} jobs/s x {obs.run_time_s:.3g}s run time"
+            if obs.run_time_s is not None
+            else f"{obs.in_flight} in flight + {policy.rate_per_s:g} jobs/s, run time not "
+            "observed yet"
+        )
+        words += (
+            f", capped at {cap} by the rate limit ({figures} / {policy.jobs_per_pod} per pod"
+            + plus
+        )
+    if obs is not None and obs.warm and pods < 1:
+        pods, bound = 1, BoundBy.SCHEDULE_WARM
+        words += ", 1 pod pre-warmed for a schedule tick (warmSeconds)"
     if pods > policy.max_replicas:
         pods = policy.max_replicas
         bound = BoundBy.MAX
@@ -301,8 +446,7 @@ def _slide(
 
 def _describe_demand(obs: Observation) -> str:
     return (
-        f"demand {obs.demand} (backlog {obs.backlog} + in flight {obs.in_flight} "
-        f"+ due {obs.due})"
+        f"demand {obs.demand} (backlog {obs.backlog} + in flight {obs.in_flight} + due {obs.due})"
     )
 
 
@@ -317,10 +461,34 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalingMemory) -> De
         window = _slide(memory.window, now, current, policy.scale_down_delay_s)
         return Decision(
             desired=current,
-            bound_by=BoundBy.PAUSED,
-            reason=f"paused by the bgq.dev/paused annotation: replicas stay at {current}",
+            bound_by=BoundBy.AUTOSCALER_PAUSED,
+            reason=f"autoscaler paused by the bgq.dev/autoscaler-paused annotation: replicas "
+            f"stay at {current}",
             memory=replace(memory, window=window),
             changed=False,
+        )
+
+    if policy.queue_paused:
+        # Workers fetch nothing; keep only the pods still running jobs (they finish).
+        desired = min(obs.busy_pods, current) if obs.redis_ok else current
+        window = _slide(memory.window, now, desired, policy.scale_down_delay_s)
+        why = (
+            f"{obs.busy_pods} pod(s) still running jobs"
+            if obs.redis_ok
+            else "Redis unreachable, busy pods unknown"
+        )
+        return Decision(
+            desired=desired,
+            bound_by=BoundBy.PAUSED,
+            reason=f"queue paused (spec.paused or bgq pause): workers fetch nothing; "
+            f"replicas {current} -> {desired} ({why})",
+            memory=ScalingMemory(
+                window=window,
+                idle_since=None,
+                last_scale_at=now if desired != current else memory.last_scale_at,
+            ),
+            changed=desired != current,
+            demand=obs.demand if obs.redis_ok else None,
         )
 
     fresh = not memory.window
@@ -331,17 +499,22 @@ def decide(policy: ScalingPolicy, obs: Observation, memory: ScalingMemory) -> De
         return _decide_without_redis(policy, obs, memory, window_in)
 
     demand = obs.demand
-    need, need_bound, need_words = _need(policy, demand)
+    need, need_bound, need_words = _need(policy, demand, obs)
     # The idle clock starts at the first observation without work (not at the last one with
     # work), so sparse ticks or an operator outage can only make it later.
-    idle_since = None if obs.work_anywhere else (
-        now if memory.idle_since is None else min(memory.idle_since, now)
+    idle_since = (
+        None
+        if obs.work_anywhere
+        else (now if memory.idle_since is None else min(memory.idle_since, now))
     )
     window = _slide(window_in, now, need, policy.scale_down_delay_s)
     # A lowered maxReplicas applies at once: needs recorded before the change are capped.
     window_max = min(window[0][1], policy.max_replicas)
     base = f"{_describe_demand(obs)} {need_words}"
     extra: dict[str, Any] = {"windowMax": window_max, "busyPods": obs.busy_pods}
+    limit = limit_figures(policy, obs)
+    if limit:
+        extra["limit"] = limit
     if obs.ready_replicas < current:
         base += f"; {obs.ready_replicas} of {current} pods ready (starting pods count)"
 

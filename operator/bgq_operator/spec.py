@@ -35,6 +35,9 @@ MANAGED_ENV = (
     "BGQ_REDIS_URL",
     "BGQ_REDIS_PASSWORD",
     "BGQ_REDIS_TLS_CA_FILE",
+    "BGQ_REDIS_MODE",
+    "BGQ_REDIS_NODES",
+    "BGQ_REDIS_SENTINEL_MASTER",
     "BGQ_QUEUE",
     "BGQ_NAMESPACE",
     "BGQ_TASKS_MODULE",
@@ -121,8 +124,12 @@ class RedisTls(_Model):
     )
 
 
+_HOST_PORT_RE = r"^[A-Za-z0-9._\[\]:-]+:[0-9]{1,5}$"
+
+
 class RedisSpec(_Model):
-    """Where the queue's Redis lives. Exactly one of url or urlSecretRef."""
+    """Where the queue's Redis lives. Exactly one of url or urlSecretRef; ``mode`` says what the
+    URL names (the server, a cluster seed node, or a sentinel)."""
 
     model_config = ConfigDict(
         json_schema_extra=_schema_extra(
@@ -131,10 +138,49 @@ class RedisSpec(_Model):
                     _cel(
                         "has(self.url) != has(self.urlSecretRef)",
                         "exactly one of spec.redis.url or spec.redis.urlSecretRef must be set",
-                    )
+                    ),
+                    _cel(
+                        "!has(self.mode) || self.mode != 'Sentinel' || has(self.sentinelMaster)",
+                        "spec.redis.sentinelMaster is required when spec.redis.mode is Sentinel",
+                    ),
+                    _cel(
+                        "!has(self.sentinelMaster) || (has(self.mode) && self.mode == 'Sentinel')",
+                        "spec.redis.sentinelMaster needs spec.redis.mode: Sentinel",
+                    ),
+                    _cel(
+                        "!has(self.nodes) || size(self.nodes) == 0 || "
+                        "(has(self.mode) && self.mode != 'Standalone')",
+                        "spec.redis.nodes lists cluster seeds or sentinels: set spec.redis.mode "
+                        "to Cluster or Sentinel",
+                    ),
+                    _cel(
+                        "!has(self.url) || !has(self.mode) || self.mode != 'Cluster' || "
+                        "!self.url.matches('^rediss?://[^/]*/[1-9]')",
+                        "a Redis Cluster has only db 0: drop the db from spec.redis.url",
+                    ),
                 ]
             }
         )
+    )
+
+    mode: Literal["Standalone", "Cluster", "Sentinel"] = Field(
+        default="Standalone",
+        description="Standalone: url is the server. Cluster: url is one seed node of a Redis "
+        "Cluster (redis-py's cluster client routes by slot; a queue's keys share one slot). "
+        "Sentinel: url is one sentinel (its path the db), sentinelMaster the master's name.",
+    )
+    nodes: list[Annotated[str, Field(max_length=261, pattern=_HOST_PORT_RE)]] | None = Field(
+        default=None,
+        max_length=32,
+        description="More cluster seed nodes (Cluster) or sentinels (Sentinel), as host:port; "
+        "scheme, credentials and TLS come from url.",
+    )
+    sentinel_master: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description="Name of the master the sentinels monitor (mode: Sentinel only).",
     )
 
     url: str | None = Field(
@@ -160,6 +206,17 @@ class RedisSpec(_Model):
     def _one_url_source(self) -> RedisSpec:
         if (self.url is None) == (self.url_secret_ref is None):
             raise ValueError("exactly one of spec.redis.url or spec.redis.urlSecretRef must be set")
+        if self.mode == "Sentinel" and not self.sentinel_master:
+            raise ValueError(
+                "spec.redis.sentinelMaster is required when spec.redis.mode is Sentinel"
+            )
+        if self.sentinel_master and self.mode != "Sentinel":
+            raise ValueError("spec.redis.sentinelMaster needs spec.redis.mode: Sentinel")
+        if self.nodes and self.mode == "Standalone":
+            raise ValueError(
+                "spec.redis.nodes lists cluster seeds or sentinels: set spec.redis.mode to "
+                "Cluster or Sentinel"
+            )
         return self
 
     @property
@@ -254,7 +311,11 @@ class WorkerSpec(_Model):
         default=None, description="Secrets for pulling the image from a private registry."
     )
     command: list[str] | None = Field(
-        default=None, description="Container command. Default: [bgq, worker]."
+        default=None,
+        description=(
+            "Container command. Default: [tini, -e, 143, --, bgq, worker] (tini as PID 1; "
+            "an image without tini must set it)."
+        ),
     )
     args: list[str] | None = Field(default=None, description="Container arguments.")
     tasks_module: str = Field(
@@ -479,6 +540,153 @@ class ScalingSpec(_Model):
         return self.jobs_per_pod or concurrency
 
 
+# ---------------------------------------------------------------------------------- schedules
+_CRON_RE = (
+    r"^\s*(@(yearly|annually|monthly|weekly|daily|midnight|hourly)|"
+    r"[0-9A-Za-z*/,?#-]+(\s+[0-9A-Za-z*/,?#-]+){4})\s*$"
+)
+_ZONE_RE = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+){0,2}$"
+_LABEL_RE = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+JsonValue = Annotated[Any, Field(json_schema_extra={"x-kubernetes-preserve-unknown-fields": True})]
+
+
+class CatchUp(_Model):
+    """How many ticks missed during an operator or Redis outage are fired afterwards."""
+
+    max_ticks: int = Field(
+        default=1, ge=0, le=1000, description="Fire at most this many missed ticks (newest)."
+    )
+    window_seconds: int = Field(
+        default=3600,
+        ge=0,
+        le=2678400,
+        description="Only ticks at most this old are fired late; keep it below "
+        "spec.jobs.resultTtlSeconds (the fired job's record is what makes a tick fire once).",
+    )
+
+
+class ScheduleSpec(_Model):
+    """A periodic job, fired by the operator with the idempotent job id sched:<name>:<epoch>."""
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=_LABEL_RE, description="Schedule name (DNS label)."
+    )
+    cron: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=_CRON_RE,
+        description="5-field cron (minute hour day-of-month month day-of-week) or a macro "
+        "(@hourly, @daily, @weekly, @monthly, @yearly).",
+    )
+    time_zone: str = Field(
+        default="UTC",
+        max_length=64,
+        pattern=_ZONE_RE,
+        description="IANA time zone the cron is read in, e.g. Europe/Berlin.",
+    )
+    task: str = Field(min_length=1, max_length=200, description="Task name to run.")
+    args: list[JsonValue] | None = Field(default=None, description="Positional arguments (JSON).")
+    kwargs: dict[str, JsonValue] | None = Field(
+        default=None, description="Keyword arguments (JSON object)."
+    )
+    priority: int = Field(default=1, ge=0, le=2, description="Band: 0 high, 1 normal, 2 low.")
+    overlap: Literal["Allow", "Skip", "Replace"] = Field(
+        default="Allow",
+        description="While the previous tick's job is not final: Allow a new one, Skip this "
+        "tick, or Replace (cancel the previous job, then fire).",
+    )
+    catch_up: CatchUp = Field(default_factory=CatchUp, description="Late firing after outages.")
+    suspend: bool = Field(default=False, description="true: no ticks fire (they count as missed).")
+    warm_seconds: int = Field(
+        default=0,
+        ge=0,
+        le=3600,
+        description="With minReplicas 0, start one worker pod this long before each tick.",
+    )
+
+    @model_validator(mode="after")
+    def _fires(self) -> ScheduleSpec:
+        from bgq_operator.cron import InvalidScheduleError, validate_cron, validate_zone
+
+        try:
+            validate_zone(self.time_zone)
+            validate_cron(self.cron, self.time_zone)
+        except InvalidScheduleError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+# ------------------------------------------------------------------------------------- limits
+class RateSpec(_Model):
+    """At most ``jobs`` job starts per ``perSeconds`` (a token bucket of ``jobs`` tokens)."""
+
+    jobs: int = Field(ge=1, le=1000000, description="Job starts allowed per period (>= 1).")
+    per_seconds: float = Field(
+        default=1, gt=0, le=86400, description="The period in seconds (> 0)."
+    )
+
+
+class LimitKeySpec(_Model):
+    """A per-key limit: jobs are grouped by a value read from each job."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_schema_extra(
+            **{
+                "x-kubernetes-validations": [
+                    _cel(
+                        "has(self.concurrency) || has(self.rate)",
+                        "spec.limits.keys[] needs concurrency or rate (or both)",
+                    )
+                ]
+            }
+        )
+    )
+
+    name: str = Field(
+        min_length=1, max_length=63, pattern=_LABEL_RE, description="Limit name (DNS label)."
+    )
+    key_from: str = Field(
+        max_length=128,
+        pattern=r"^(kwargs|header)\.[A-Za-z0-9_.-]+$",
+        description="Where the key comes from: kwargs.<name> (a keyword argument) or "
+        "header.<name> (an envelope header). Jobs without it share the key _default.",
+    )
+    concurrency: int | None = Field(
+        default=None, ge=1, le=100000, description="Jobs of one key running at once."
+    )
+    rate: RateSpec | None = Field(default=None, description="Job starts per key.")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> LimitKeySpec:
+        if self.concurrency is None and self.rate is None:
+            raise ValueError("spec.limits.keys[] needs concurrency or rate (or both)")
+        return self
+
+
+class LimitsSpec(_Model):
+    """Rate limits and concurrency keys, enforced in the fetch script across all workers."""
+
+    rate: RateSpec | None = Field(default=None, description="Job starts for the whole queue.")
+    keys: list[LimitKeySpec] | None = Field(
+        default=None,
+        max_length=8,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Per-key limits (each job is checked against every key).",
+    )
+
+
+class SloSpec(_Model):
+    """Service-level objectives of the queue, used by the chart's alerts (docs/observability.md)."""
+
+    max_wait_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        le=30 * 86400,
+        description="Longest a ready job may wait for a worker before the BgqJobWaitAboveSlo "
+        "alert fires (exported as bgq_operator_queue_slo_max_wait_seconds). Unset: no alert.",
+    )
+
+
 class BackgroundQueueSpec(_Model):
     """Desired state of a BackgroundQueue: one queue, its Redis, its workers and their scaling."""
 
@@ -499,6 +707,30 @@ class BackgroundQueueSpec(_Model):
         le=_MAX_REPLICAS,
         description="Worker pods when scaling.enabled=false (the scale subresource writes here).",
     )
+    paused: bool = Field(
+        default=False,
+        description="true: workers stop fetching (checked in the fetch script), running jobs "
+        "finish, enqueues are still accepted, and the queue scales to zero.",
+    )
+    schedules: list[ScheduleSpec] | None = Field(
+        default=None,
+        max_length=100,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Periodic jobs fired by the operator (exactly once per tick).",
+    )
+    limits: LimitsSpec | None = Field(default=None, description="Rate limits and concurrency keys.")
+
+    slo: SloSpec | None = Field(default=None, description="Service-level objectives (alerts).")
+
+    @model_validator(mode="after")
+    def _unique_schedules(self) -> BackgroundQueueSpec:
+        names = [s.name for s in self.schedules or ()]
+        if len(names) != len(set(names)):
+            raise ValueError("spec.schedules[].name must be unique")
+        keys = [k.name for k in (self.limits.keys if self.limits else None) or ()]
+        if len(keys) != len(set(keys)):
+            raise ValueError("spec.limits.keys[].name must be unique")
+        return self
 
 
 # ------------------------------------------------------------------------------------- status
@@ -549,6 +781,38 @@ class ScalingMemoryStatus(_Model):
     )
 
 
+class ScalingLimitStatus(_Model):
+    """The figures behind the limit caps of the last decision (present while a limit is set)."""
+
+    rate: float | None = Field(default=None, description="spec.limits.rate.jobs.")
+    per_seconds: float | None = Field(default=None, description="spec.limits.rate.perSeconds.")
+    jobs_per_second: float | None = Field(default=None, description="rate / perSeconds.")
+    run_seconds: float | None = Field(
+        default=None,
+        description="Observed job run time (Little's law: busy jobs / completions per second, "
+        "over at least 10 s); absent until jobs have completed.",
+    )
+    cap: int | None = Field(
+        default=None,
+        description="Most pods the rate limit keeps busy: ceil(jobsPerSecond x runSeconds / "
+        "jobsPerPod) + headroom (before a run time is known: in flight + 1 s of starts).",
+    )
+    running: int | None = Field(
+        default=None, description="Jobs running (in flight, not parked) under per-key limits."
+    )
+    startable: int | None = Field(
+        default=None,
+        description="Parked jobs the per-key concurrency limits let start now (free slots).",
+    )
+    concurrency_cap: int | None = Field(
+        default=None,
+        description="Most pods the per-key concurrency limits keep busy while every waiting "
+        "job is parked behind them: ceil((running + startable) / jobsPerPod) + headroom.",
+    )
+    jobs_per_pod: int | None = Field(default=None, description="Jobs per pod used above.")
+    headroom: int | None = Field(default=None, description="scaling.idleHeadroom added above.")
+
+
 class ScalingStatus(_Model):
     """The autoscaler's last decision, explained."""
 
@@ -557,7 +821,7 @@ class ScalingStatus(_Model):
     bound_by: str | None = Field(
         default=None,
         description="Rule that set desired (demand, min, max, delay, idle, "
-        "paused, manual, redis-unavailable, ...).",
+        "paused, manual, redis-unavailable, rate-limit, concurrency-limit, ...).",
     )
     reason: str | None = Field(default=None, description="The decision in words.")
     last_scale_time: str | None = Field(
@@ -568,6 +832,28 @@ class ScalingStatus(_Model):
     memory: ScalingMemoryStatus | None = Field(
         default=None, description="Autoscaler memory (internal; survives operator restarts)."
     )
+    limit: ScalingLimitStatus | None = Field(
+        default=None,
+        description="Rate-limit and per-key concurrency figures (boundBy rate-limit or "
+        "concurrency-limit when they set desired).",
+    )
+
+
+class ScheduleStatus(_Model):
+    """One schedule's last and next tick."""
+
+    name: str = Field(description="Schedule name.")
+    last_tick: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="Last tick handled."
+    )
+    last_job_id: str | None = Field(default=None, description="Job id of the last fired tick.")
+    last_outcome: str | None = Field(
+        default=None, description="fired, exists, skipped, replaced, missed or error."
+    )
+    next_tick: str | None = Field(
+        default=None, json_schema_extra={"format": "date-time"}, description="Next tick."
+    )
+    missed: int | None = Field(default=None, description="Ticks not fired (outage, suspend).")
 
 
 class BackgroundQueueStatus(_Model):
@@ -589,6 +875,12 @@ class BackgroundQueueStatus(_Model):
     )
     queue: QueueStatus | None = Field(default=None, description="Queue figures.")
     scaling: ScalingStatus | None = Field(default=None, description="Last scaling decision.")
+    schedules: list[ScheduleStatus] | None = Field(default=None, description="Per schedule.")
+    next_tick: str | None = Field(
+        default=None,
+        json_schema_extra={"format": "date-time"},
+        description="The earliest next tick of all schedules.",
+    )
 
 
 def parse_spec(spec: Any) -> BackgroundQueueSpec:

@@ -10,17 +10,33 @@ queue's Deployment, so drift repair and scaling never race each other.
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
+
 from bgq_operator import conditions as cond
 from bgq_operator.manifests import selector_string
-from bgq_operator.spec import BackgroundQueueSpec, queue_name
+from bgq_operator.scaling import InvalidScalingInputError, ScalingMemory
+from bgq_operator.spec import (
+    BackgroundQueueSpec,
+    BackgroundQueueStatus,
+    Condition,
+    QueueStatus,
+    ScalingMemoryStatus,
+    ScalingStatus,
+    ScheduleStatus,
+    queue_name,
+)
 
 if TYPE_CHECKING:
     from bgq_operator.redisconn import Endpoint
 
-PAUSE_ANNOTATION = "bgq.dev/paused"
+log = logging.getLogger("bgq_operator.state")
+
+PAUSE_ANNOTATION = "bgq.dev/autoscaler-paused"
+"""Freezes the autoscaler (replicas stay). Not a queue pause: that is spec.paused."""
 
 
 @dataclass
@@ -74,12 +90,33 @@ class QueueState:
     deployment: DeploymentView | None = None
     written_generation: int = 0
     """Deployment generation after the operator's own last write (newer = someone else's)."""
+    applied: tuple[int, str, float] | None = None
+    """(generation, manifest key, monotonic time) of the Deployment last verified to match
+    the spec: a resync skips the API when nothing changed since (reconcile's fast path)."""
     raw_spec: dict[str, Any] = field(default_factory=dict)
     conditions: list[dict[str, Any]] = field(default_factory=list)
-    queue: dict[str, Any] = field(default_factory=dict)
-    scaling: dict[str, Any] = field(default_factory=dict)
-    memory: dict[str, Any] = field(default_factory=dict)
+    """``status.conditions`` in the metav1.Condition shape (:mod:`bgq_operator.conditions`)."""
+    queue: QueueStatus | None = None
+    """``status.queue``: the figures of the last demand read (written by the autoscaler)."""
+    scaling: ScalingStatus = field(default_factory=ScalingStatus)
+    """``status.scaling`` without its memory (written by the autoscaler)."""
+    memory: ScalingMemory = field(default_factory=ScalingMemory)
+    """The autoscaler's memory (``status.scaling.memory``: survives operator restarts)."""
     desired: int | None = None
+    schedules: list[ScheduleStatus] = field(default_factory=list)
+    """``status.schedules`` (written by the schedule loop)."""
+    warm: bool = False
+    """A schedule ticks within its warmSeconds: keep one pod (pre-warm)."""
+    queue_paused: bool = False
+    """The queue's pause key exists in Redis (spec.paused or bgq pause)."""
+    parked: int = 0
+    """Jobs parked by pause or limits (pending under ~parked: waiting, not running)."""
+    run_time: Any = None
+    """:class:`bgq_operator.queuekeys.RunTimeEstimate` of this queue (rate-limit cap)."""
+    run_time_s: float | None = None
+    """The latest run time estimate in seconds (None: not observed yet)."""
+    polled_at: float = 0.0
+    """When the autoscaler last read this queue's demand (monotonic; see IDLE_POLL_S)."""
     last_status: dict[str, Any] | None = None
     last_status_at: float = 0.0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -150,11 +187,17 @@ class QueueState:
             )  # fmt: skip
         elif self.paused:
             conds = cond.set_condition(
-                conds, cond.SCALING, "False", "Paused",
+                conds, cond.SCALING, "False", "AutoscalerPaused",
                 f"the {PAUSE_ANNOTATION} annotation freezes replicas", generation=gen,
             )  # fmt: skip
+        elif spec.paused or self.queue_paused:
+            conds = cond.set_condition(
+                conds, cond.SCALING, "False", "QueuePaused",
+                "the queue is paused (spec.paused or bgq pause): workers fetch nothing and "
+                "the queue scales to zero once running jobs finish", generation=gen,
+            )  # fmt: skip
         else:
-            reason = str(self.scaling.get("reason") or "waiting for the first decision")
+            reason = self.scaling.reason or "waiting for the first decision"
             conds = cond.set_condition(
                 conds, cond.SCALING, "True", "Autoscaling", reason, generation=gen
             )
@@ -186,26 +229,72 @@ class QueueState:
         return "True", "WorkersReady", f"{ready} of {replicas} worker pods ready"
 
 
-def compose_status(state: QueueState) -> dict[str, Any]:
-    """The full ``status`` of a queue (what the operator patches)."""
-    status: dict[str, Any] = {
-        "observedGeneration": state.generation,
-        "conditions": state.conditions,
-        "selector": selector_string(state.name),
-    }
-    if state.deployment is not None:
-        status["replicas"] = state.deployment.replicas
-        status["readyReplicas"] = state.deployment.ready_replicas
-    if state.desired is not None:
-        status["desiredReplicas"] = state.desired
-    if state.queue:
-        status["queue"] = {"name": state.queue_name, **state.queue}
-    if state.scaling or state.memory:
-        scaling = dict(state.scaling)
-        if state.memory:
-            scaling["memory"] = state.memory
-        status["scaling"] = scaling
-    return status
+def compose_status(state: QueueState) -> BackgroundQueueStatus:
+    """The full ``status`` of a queue, typed (what the operator patches: :func:`status_body`)."""
+    deployment = state.deployment
+    memory = state.memory
+    scaling = state.scaling
+    if memory != ScalingMemory():
+        scaling = scaling.model_copy(
+            update={
+                "memory": ScalingMemoryStatus(
+                    window=[[t, n] for t, n in memory.window],
+                    idle_since=memory.idle_since,
+                    last_scale_at=memory.last_scale_at,
+                )
+            }
+        )
+    upcoming = [s.next_tick for s in state.schedules if s.next_tick]
+    return BackgroundQueueStatus(
+        observed_generation=state.generation,
+        conditions=[Condition.model_validate(c) for c in state.conditions],
+        selector=selector_string(state.name),
+        replicas=deployment.replicas if deployment else None,
+        ready_replicas=deployment.ready_replicas if deployment else None,
+        desired_replicas=state.desired,
+        queue=state.queue.model_copy(update={"name": state.queue_name}) if state.queue else None,
+        scaling=scaling if scaling != ScalingStatus() else None,
+        schedules=list(state.schedules) or None,
+        next_tick=min(upcoming) if upcoming else None,
+    )
+
+
+def status_body(status: BackgroundQueueStatus) -> dict[str, Any]:
+    """The status as the API takes it: camelCase, unset fields left out."""
+    return status.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def adopt_status(state: QueueState, body: dict[str, Any]) -> None:
+    """Continue from the status a previous operator run wrote (first sight of an object).
+
+    Keeps conditions' lastTransitionTime across restarts, avoids re-posting events for states
+    that are not new, and gives the autoscaler its memory back (no early scale-down). A status
+    this operator cannot read (hand-edited, or from an incompatible version) is not adopted:
+    the queue starts fresh, which is safe (the memory only delays scale-downs).
+    """
+    if not body:
+        return
+    try:
+        status = BackgroundQueueStatus.model_validate(body)
+    except ValidationError as exc:
+        log.warning("%s/%s: not adopting the stored status (%s)", *state.key, exc)
+        return
+    state.last_status = body
+    state.conditions = [
+        c.model_dump(by_alias=True, exclude_none=True) for c in status.conditions or ()
+    ]
+    if status.scaling is not None:
+        stored = status.scaling.memory
+        try:
+            state.memory = ScalingMemory.from_dict(
+                stored.model_dump(by_alias=True) if stored else None
+            )
+        except InvalidScalingInputError as exc:
+            log.warning("%s/%s: %s", *state.key, exc)
+        state.scaling = status.scaling.model_copy(update={"memory": None})
+    if status.queue is not None:
+        state.queue = status.queue.model_copy(update={"name": None})
+    state.schedules = list(status.schedules or ())
 
 
 class Registry:

@@ -91,7 +91,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
                             "run builds Kubernetes from source, ~10 min)")
     try:
         run_script("install", timeout=3600)
-        for kind in ("worker", "operator"):
+        for kind in ("worker", "operator", "redis"):  # redis: make demo (test_demo.py)
             run_script("build-image", kind, "--layers-only", timeout=1800)
     except (ClusterError, OSError, subprocess.TimeoutExpired) as exc:
         _PREPARE_ERROR.append(str(exc))

@@ -315,3 +315,60 @@ def test_zero_waits_for_in_flight_work(
     messages = [e.get("message", "") for e in json.loads(events)["items"]]
     assert any("0 -> 1" in m for m in messages) and any("1 -> 0" in m for m in messages), \
         messages
+
+
+@pytest.fixture(scope="module")
+def pod_redis_cluster(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real 3-primary + 3-replica Redis Cluster on the host's pod-bridge address, so worker
+    pods follow its MOVED redirections to every node (and the test and operator reach it too)."""
+    from tests.conftest import start_redis_cluster
+
+    servers = start_redis_cluster(tmp_path_factory.mktemp("pod-cluster"), host=cluster.host_ip)
+    yield servers
+    for node in servers.nodes:
+        node.stop()
+
+
+def test_a_cluster_mode_queue_autoscales_and_drains_like_standalone(
+    cluster: Cluster, pod_redis_cluster: Any, worker_image: str, namespace: str, operator: str
+) -> None:
+    """``spec.redis.mode: Cluster`` on the real cluster: 0 -> N in one step, the idle pods go
+    first while the busy one finishes its job (drain), every job runs once, then zero."""
+    name = "clustered"
+    manifest = queue_manifest(name, worker_image, pod_redis_cluster.seed_url)
+    manifest["spec"]["redis"] = {
+        "url": pod_redis_cluster.seed_url, "mode": "Cluster",
+        "nodes": pod_redis_cluster.other_seeds.split(","),
+    }  # fmt: skip
+    cluster.apply(manifest, namespace)
+    cluster.wait_for(
+        lambda: cluster.get_json("backgroundqueue", name, "-n", namespace)
+        .get("status", {}).get("scaling", {}).get("boundBy"),
+        60, "the first scaling decision (on the cluster)")  # fmt: skip
+    watch = ReplicaWatch(cluster, namespace, f"bgq-{name}")
+    watch.start()
+    queue = f"{namespace}/{name}"
+    try:
+        with bgq.Client(redis_settings=pod_redis_cluster.settings()) as client:
+            long_job, *short = client.enqueue_many(
+                queue, [bgq.JobSpec("sleep", (15,))] + [bgq.JobSpec("sleep", (2,))] * 5)
+            watch.wait(lambda h: h[-1][1] == 3, 15, "3 replicas for 6 jobs, in one step")
+            short_results = [client.wait(queue, j.id, timeout=90) for j in short]
+            watch.wait(lambda h: h[-1][1] == 1, 40, "scale-down to the one busy pod")
+            assert not client.get(queue, long_job.id).state.final
+            result = client.wait(queue, long_job.id, timeout=90)
+            done = client.get(queue, long_job.id)
+            infos = [client.get(queue, j.id) for j in short]
+        hist = watch.wait(lambda h: h[-1][1] == 0, 40, "scale to zero after the job")
+    finally:
+        watch.stop()
+    values = [v for _, v in hist]
+    assert values[:2] == [0, 3], values
+    assert values[1:] == sorted(values[1:], reverse=True), values
+    assert result["slept"] >= 14.5 and done.lease_expiries == 0 and done.attempt in (0, 1)
+    assert all(i.attempt in (0, 1) and i.lease_expiries == 0 for i in infos)  # each ran once
+    assert len({r["pod"] for r in short_results} | {result["pod"]}) >= 2
+    assert interrupted_metric(operator) == 0
+    status = cluster.get_json("backgroundqueue", name, "-n", namespace)["status"]
+    ready = {c["type"]: c for c in status["conditions"]}
+    assert ready["RedisReachable"]["status"] == "True", ready

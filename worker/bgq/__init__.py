@@ -30,15 +30,11 @@ other languages) is in docs/protocol.md.
 
 from __future__ import annotations
 
-from bgq.client import (
-    AsyncClient,
-    Client,
-    DeadLetter,
-    Job,
-    JobInfo,
-    JobSpec,
-    ReplayResult,
-)
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Light modules (standard library only) load at once; ``bgq.task`` must, so that the package
+# attribute ``task`` is the decorator and not the submodule of the same name.
 from bgq.context import JobContext, current_job
 from bgq.errors import (
     BgqError,
@@ -49,16 +45,53 @@ from bgq.errors import (
     JobNotFound,
     JobTimeout,
     PayloadError,
+    PayloadTooLarge,
+    RedisCommandError,
     RedisUnavailable,
     Retry,
     UnknownTask,
     WaitTimeout,
 )
-from bgq.protocol import Envelope, JobState, QueueName
-from bgq.stats import QueueDemand, WorkerHeartbeat
 from bgq.task import Task, task
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    from bgq._version import __version__
+    from bgq.client import AsyncClient, Client, DeadLetter, Job, JobInfo, JobSpec, ReplayResult
+    from bgq.protocol import Envelope, JobState, QueueName
+    from bgq.stats import QueueDemand, WorkerHeartbeat
+
+_EXPORTS = {
+    "AsyncClient": "bgq.client",
+    "Client": "bgq.client",
+    "DeadLetter": "bgq.client",
+    "Job": "bgq.client",
+    "JobInfo": "bgq.client",
+    "JobSpec": "bgq.client",
+    "ReplayResult": "bgq.client",
+    "Envelope": "bgq.protocol",
+    "JobState": "bgq.protocol",
+    "QueueName": "bgq.protocol",
+    "QueueDemand": "bgq.stats",
+    "WorkerHeartbeat": "bgq.stats",
+    "__version__": "bgq._version",
+}
+"""Public names from heavy modules (redis-py, pydantic) -> defining module, imported on first use
+(PEP 562): ``import bgq`` stays cheap, so the worker's entry point has its signal handler in
+place before those load."""
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bgq' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
+
 
 __all__ = [
     "AsyncClient",
@@ -78,8 +111,10 @@ __all__ = [
     "JobState",
     "JobTimeout",
     "PayloadError",
+    "PayloadTooLarge",
     "QueueDemand",
     "QueueName",
+    "RedisCommandError",
     "RedisUnavailable",
     "ReplayResult",
     "Retry",

@@ -31,10 +31,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, NoReturn
 
-import redis
-
+from bgq import safejson
 from bgq.client import Client, DeadLetter, JobInfo
-from bgq.connection import unavailable
+from bgq.connection import redis_errors
 from bgq.errors import (
     BgqError,
     ConfigError,
@@ -47,7 +46,9 @@ from bgq.errors import (
     WaitTimeout,
 )
 from bgq.gateway import job_document, stats_document
+from bgq.listing import LISTABLE
 from bgq.protocol import PRIORITIES, QueueName
+from bgq.settings import DEFAULT_REDIS_URL, ClientSettings
 
 __all__ = [
     "EXIT_FAILED",
@@ -76,7 +77,7 @@ EXIT_NOT_FOUND = 3
 EXIT_TIMEOUT = 4
 EXIT_INTERRUPTED = 130
 
-DEFAULT_REDIS_URL = "redis://localhost:6379/0"
+
 
 
 class CliError(Exception):
@@ -96,12 +97,14 @@ def parse_json_option(
 ) -> Any:
     """Parse the JSON given to ``option``; a usage error names the option and what is wrong."""
     try:
-        value = json.loads(text)
+        value = safejson.loads(text, what=option)
     except json.JSONDecodeError as err:
         raise CliError(
             f"{option}: not valid JSON ({err.msg} at line {err.lineno} column {err.colno})",
             EXIT_USAGE,
         ) from err
+    except PayloadError as err:
+        raise CliError(str(err), EXIT_USAGE) from err
     if not isinstance(value, expect):
         wanted = "a JSON array" if expect is list else "a JSON object"
         raise CliError(f"{option}: must be {wanted}, got {type(value).__name__}", EXIT_USAGE)
@@ -349,11 +352,50 @@ def build_parser() -> argparse.ArgumentParser:
     job.add_argument("job_id", metavar="JOB_ID")
     job.add_argument("--cancel", action="store_true", help="cancel the job")
 
+    for name, help_text in (
+        ("pause", "pause a queue: workers fetch nothing, enqueues still accepted"),
+        ("resume", "resume a queue paused with bgq pause"),
+    ):
+        sub = command(name, help_text)
+        sub.add_argument("queue", help="queue: ns/name, or a bare name in --namespace")
+
+    schedules = command(
+        "schedules",
+        "list a queue's schedules (bgq schedules QUEUE), or fire one now "
+        "(bgq schedules trigger QUEUE NAME)",
+    )
+    schedules.add_argument("words", nargs="+", metavar="QUEUE | trigger QUEUE NAME")
+
+    jobs = command("jobs", "list a queue's jobs by state (bgq jobs list QUEUE)")
+    jobs_actions = jobs.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    jobs_actions.required = True
+    jobs_list = jobs_actions.add_parser("list", help="list jobs (paginated)")
+    _common_options(jobs_list, top=False)
+    jobs_list.add_argument("queue")
+    jobs_list.add_argument(
+        "--state", action="append", choices=LISTABLE, metavar="STATE",
+        help=f"only this state (repeatable): {', '.join(LISTABLE)}",
+    )  # fmt: skip
+    jobs_list.add_argument("--task", metavar="TASK", help="only jobs of this task")
+    jobs_list.add_argument(
+        "--limit", type=_positive_int, default=50, metavar="N", help="page size (default 50)"
+    )
+    jobs_list.add_argument("--cursor", metavar="CURSOR", help="the cursor a previous page printed")
+
     gateway = command("gateway", "serve the HTTP enqueue gateway (see docs/gateway.md)")
     gateway.add_argument("--host", default=None, help="bind address (default 0.0.0.0)")
     gateway.add_argument(
         "--port", type=_port, default=None, help="port (default $BGQ_GATEWAY_PORT, else 8080)"
     )
+
+    console = command("console", "serve the web console (see docs/console.md; bgq[console])")
+    console.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
+    console.add_argument("--port", type=_port, default=None,
+                         help="port (default $BGQ_CONSOLE_PORT, else 8090)")  # fmt: skip
+    console.add_argument(
+        "--queue", "-q", action="append", default=[], metavar="NS/NAME",
+        help="a queue to show (repeatable; queues an operator decides for are found in Redis)",
+    )  # fmt: skip
     return parser
 
 
@@ -381,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _redis_url(args: argparse.Namespace) -> str:
-    return str(args.redis_url or os.environ.get("BGQ_REDIS_URL") or DEFAULT_REDIS_URL)
+    return str(args.redis_url or ClientSettings().redis_url)
 
 
 def _queue(args: argparse.Namespace) -> QueueName:
@@ -395,19 +437,14 @@ def _queue(args: argparse.Namespace) -> QueueName:
 def _translate_errors(url: str) -> Iterator[None]:
     """Turn the expected failures of a command into one-line :class:`CliError`."""
     try:
-        yield
+        with redis_errors(url):
+            yield
     except RedisUnavailable as exc:
         raise CliError(str(exc), EXIT_FAILED) from exc
-    except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as exc:
-        raise CliError(str(unavailable(url, exc)), EXIT_FAILED) from exc
     except JobNotFound as exc:
         raise CliError(str(exc), EXIT_NOT_FOUND) from exc
     except (ConfigError, PayloadError) as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
-    except redis.exceptions.ResponseError as exc:
-        raise CliError(f"Redis refused the command: {exc}", EXIT_FAILED) from exc
-    except redis.exceptions.RedisError as exc:
-        raise CliError(f"Redis error: {exc}", EXIT_FAILED) from exc
     except BgqError as exc:
         raise CliError(str(exc), EXIT_FAILED) from exc
 
@@ -418,6 +455,8 @@ def _connect(args: argparse.Namespace) -> Client:
         return Client(_redis_url(args), namespace=args.namespace)
     except ConfigError as exc:
         raise CliError(str(exc), EXIT_USAGE) from exc
+    except RedisUnavailable as exc:  # a cluster client reads the slot map at once
+        raise CliError(str(exc), EXIT_FAILED) from exc
 
 
 def _emit_json(out: IO[str], document: object, *, compact: bool = False) -> None:
@@ -617,6 +656,14 @@ def render_job(document: dict[str, Any], now: float | None = None) -> str:
         ("started", _age(document["started_at"], now)),
         ("finished", _age(document["finished_at"], now)),
     ]
+    progress = document.get("progress")
+    if progress:
+        line = f"{progress['fraction'] * 100:.0f}%"
+        if progress["detail"]:
+            line += f"  {progress['detail']}"
+        pairs.append(("progress", f"{line}  (reported {_age(progress['updated_at'], now)})"))
+    if document.get("checkpoint") is not None:
+        pairs.append(("checkpoint", json.dumps(document["checkpoint"], default=str)))
     if document["lease_expiries"]:
         pairs.append(("lease expiries", document["lease_expiries"]))
     if document["state"] == "succeeded":
@@ -800,6 +847,105 @@ def _cmd_dead(args: argparse.Namespace, out: IO[str]) -> int:
         return EXIT_OK
 
 
+# -- bgq pause / resume / schedules / jobs ---------------------------------------------------------
+
+
+def _cmd_pause(args: argparse.Namespace, out: IO[str]) -> int:
+    from bgq.control import pause_sources, set_paused
+
+    queue = _queue(args)
+    with _connect(args) as client, _translate_errors(_redis_url(args)):
+        paused = set_paused(client.redis, queue, args.command == "pause", "cli")
+        sources = pause_sources(client.redis, queue)
+    if args.json:
+        _emit_json(out, {"queue": str(queue), "paused": paused, "by": sources})
+    elif paused:
+        by = " and ".join("spec.paused" if s == "spec" else "bgq pause" for s in sources)
+        out.write(f"{queue} is paused (by {by}): workers fetch nothing; enqueues are accepted\n")
+    else:
+        out.write(f"{queue} is running: workers fetch again\n")
+    return EXIT_OK
+
+
+def render_schedules(records: Sequence[dict[str, Any]], now: float) -> str:
+    """The human view of ``bgq schedules`` (pure)."""
+    if not records:
+        return "no schedules (spec.schedules is empty, or the operator has not seen it yet)"
+
+    def when(value: object) -> str:
+        if not isinstance(value, int | float):
+            return "-"
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(value))
+        delta = value - now
+        return f"{at} ({'in ' if delta >= 0 else ''}{format_duration(abs(delta))}" + (
+            ")" if delta >= 0 else " ago)"
+        )
+
+    rows = [
+        [
+            r["name"], r.get("cron", ""), r.get("timeZone", "UTC"), r.get("task", ""),
+            "suspended" if r.get("suspend") else when(r.get("nextTick")),
+            when(r.get("lastTick")) if r.get("lastOutcome") else "-",
+            r.get("lastOutcome") or "-", r.get("lastJobId") or "-", r.get("missed") or 0,
+        ]
+        for r in records
+    ]  # fmt: skip
+    return format_table(
+        ["NAME", "CRON", "ZONE", "TASK", "NEXT", "LAST", "OUTCOME", "LAST JOB", "MISSED"], rows
+    )
+
+
+def _cmd_schedules(args: argparse.Namespace, out: IO[str]) -> int:
+    from bgq.control import ScheduleNotFoundError, read_schedules, trigger
+
+    words = list(args.words)
+    if words[0] == "trigger" and len(words) == 3:
+        args.queue = words[1]
+        queue = _queue(args)
+        with _connect(args) as client, _translate_errors(_redis_url(args)):
+            try:
+                job_id = trigger(client, queue, words[2])
+            except ScheduleNotFoundError as exc:
+                raise CliError(str(exc), EXIT_NOT_FOUND) from exc
+        if args.json:
+            _emit_json(out, {"queue": str(queue), "schedule": words[2], "id": job_id})
+        else:
+            out.write(f"fired schedule {words[2]} of {queue} now: job {job_id}\n")
+        return EXIT_OK
+    if len(words) != 1:
+        raise CliError("usage: bgq schedules QUEUE | bgq schedules trigger QUEUE NAME", EXIT_USAGE)
+    args.queue = words[0]
+    queue = _queue(args)
+    with _connect(args) as client, _translate_errors(_redis_url(args)):
+        records = read_schedules(client.redis, queue)
+    if args.json:
+        _emit_json(out, {"queue": str(queue), "schedules": records})
+    else:
+        out.write(render_schedules(records, time.time()) + "\n")
+    return EXIT_OK
+
+
+def _cmd_jobs(args: argparse.Namespace, out: IO[str]) -> int:
+    queue = _queue(args)
+    with _connect(args) as client, _translate_errors(_redis_url(args)):
+        page = client.list_jobs(
+            queue, states=args.state, task=args.task, limit=args.limit, cursor=args.cursor
+        )
+    if args.json:
+        _emit_json(out, {"queue": str(queue), "jobs": [j.to_dict() for j in page.jobs],
+                         "cursor": page.cursor})  # fmt: skip
+        return EXIT_OK
+    rows = [
+        [j.id, j.state, j.task, j.attempt or "-", j.band if j.band >= 0 else "-",
+         j.reason or (time.strftime("%H:%M:%S", time.gmtime(j.due_ms / 1000)) if j.due_ms else "")]
+        for j in page.jobs
+    ]  # fmt: skip
+    out.write(format_table(["ID", "STATE", "TASK", "ATTEMPT", "BAND", "DUE/REASON"], rows) + "\n")
+    if page.cursor:
+        out.write(f"more: bgq jobs list {queue} --cursor {page.cursor}\n")
+    return EXIT_OK
+
+
 # -- bgq worker / bgq gateway ----------------------------------------------------------------------
 
 
@@ -837,13 +983,38 @@ def _cmd_gateway(args: argparse.Namespace, out: IO[str]) -> int:
     return EXIT_OK
 
 
+def _cmd_console(args: argparse.Namespace, out: IO[str]) -> int:
+    import logging
+
+    try:
+        console = importlib.import_module("bgq.console")
+    except ImportError as exc:
+        raise CliError(
+            f"the console needs its extra: pip install 'bgq[console]' ({exc})", EXIT_FAILED
+        ) from None
+    logging.basicConfig(
+        level=os.environ.get("BGQ_LOG_LEVEL", "INFO").upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    port = args.port or int(os.environ.get("BGQ_CONSOLE_PORT", "") or 8090)
+    with _translate_errors(_redis_url(args)):
+        config = console.config_from_env(_redis_url(args), args.queue)
+        console.serve(config, host=args.host, port=port)
+    return EXIT_OK
+
+
 _COMMANDS: dict[str, Callable[[argparse.Namespace, IO[str]], int]] = {
     "worker": _cmd_worker,
+    "pause": _cmd_pause,
+    "resume": _cmd_pause,
+    "schedules": _cmd_schedules,
+    "jobs": _cmd_jobs,
     "enqueue": _cmd_enqueue,
     "stats": _cmd_stats,
     "job": _cmd_job,
     "dead": _cmd_dead,
     "gateway": _cmd_gateway,
+    "console": _cmd_console,
 }
 
 if __name__ == "__main__":  # pragma: no cover

@@ -8,11 +8,17 @@ cannot be interrupted). Logs carry the job id and trace id through the same cont
 
 from __future__ import annotations
 
-import asyncio
 import threading
+import time
 from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
 
 from bgq.errors import BgqError
+from bgq.progress import encode_checkpoint, encode_progress
+
+if TYPE_CHECKING:  # asyncio loads with the worker, not with ``import bgq``
+    import asyncio
+    from collections.abc import Callable
 
 
 class ShutdownSignal:
@@ -25,6 +31,8 @@ class ShutdownSignal:
 
     def bind(self) -> None:
         """Create the awaitable half on the running loop (the worker calls this at start)."""
+        import asyncio
+
         self._event = asyncio.Event()
         if self._flag.is_set():
             self._event.set()
@@ -52,15 +60,24 @@ class ShutdownSignal:
         return self._flag.wait(timeout)
 
 
+_UPDATES_LOCK = threading.Lock()
+"""Guards every context's pending progress/checkpoint pair (a job's thread writes it, the
+event loop takes it). One lock for all jobs: the calls are rare and short, and a lock per
+context cost an allocation on every job's start."""
+
+
 class JobContext:
     """What a running job knows about itself (``bgq.current_job()``)."""
 
     __slots__ = (
         "_cancelled",
+        "_notify",
+        "_pending",
         "attempt",
         "enqueued_ms",
         "headers",
         "job_id",
+        "last_checkpoint",
         "max_retries",
         "queue",
         "shutdown",
@@ -77,6 +94,8 @@ class JobContext:
         headers: dict[str, str],
         enqueued_ms: int,
         shutdown: ShutdownSignal | None = None,
+        *,
+        last_checkpoint: Any = None,
     ) -> None:
         self.job_id = job_id
         self.queue = queue
@@ -88,6 +107,12 @@ class JobContext:
         self.enqueued_ms = enqueued_ms
         self.shutdown = shutdown if shutdown is not None else ShutdownSignal()
         self._cancelled = False
+        self.last_checkpoint = last_checkpoint
+        """The job's last saved checkpoint: the previous attempt's at start (None when there
+        is none), then whatever this attempt last passed to :meth:`checkpoint`."""
+        self._pending: tuple[str, str] = ("", "")
+        self._notify: Callable[[], None] | None = None
+        """Called after each progress/checkpoint report (a cpu_bound child forwards them)."""
 
     def __repr__(self) -> str:
         return f"<JobContext {self.task} {self.job_id} attempt {self.attempt}>"
@@ -110,6 +135,56 @@ class JobContext:
     def request_cancel(self) -> None:
         """Set :attr:`cancel_requested` (worker internal)."""
         self._cancelled = True
+
+    def progress(self, fraction: float, detail: str = "") -> None:
+        """Report how far the job is (0.0 .. 1.0) with an optional one-line ``detail``.
+
+        Cheap: it records the latest value only; the worker stores it with its next lease
+        renewal (coalesced, no extra Redis round trip per call). ``Client.get``, ``bgq job``,
+        the gateway and ``wait(..., on_progress=...)`` show it. Raises ConfigError on bad input.
+        """
+        text = encode_progress(fraction, detail, int(time.time() * 1000))
+        with _UPDATES_LOCK:
+            self._pending = (text, self._pending[1])
+        if self._notify is not None:
+            self._notify()
+
+    def checkpoint(self, data: Any) -> None:
+        """Save a resume point (JSON data: an offset, a cursor, ids done) for a later attempt.
+
+        Stored like :meth:`progress`, and always before the worker hands the job back on a
+        drain; the next attempt (after a drain hand-back or a retry) finds it in
+        :attr:`last_checkpoint`. Raises PayloadError when ``data`` is not JSON or too large.
+        """
+        text = encode_checkpoint(data)
+        with _UPDATES_LOCK:
+            self._pending = (self._pending[0], text)
+            self.last_checkpoint = data
+        if self._notify is not None:
+            self._notify()
+
+    @property
+    def has_updates(self) -> bool:
+        """True when progress or a checkpoint waits to be stored (worker internal)."""
+        return self._pending != ("", "")
+
+    def take_updates(self) -> tuple[str, str]:
+        """(progress JSON, checkpoint JSON) not yet stored, '' for none; clears them (worker
+        internal: the lease keeper sends them with the renewal)."""
+        with _UPDATES_LOCK:
+            pending, self._pending = self._pending, ("", "")
+        return pending
+
+    def put_updates(self, progress: str, checkpoint: str) -> None:
+        """Take reports made elsewhere (a cpu_bound task's child process): newer than what
+        is pending here, '' for none (worker internal)."""
+        with _UPDATES_LOCK:
+            self._pending = (progress or self._pending[0], checkpoint or self._pending[1])
+
+    def restore_updates(self, pending: tuple[str, str]) -> None:
+        """Put back updates whose renewal failed, unless newer ones arrived (worker internal)."""
+        with _UPDATES_LOCK:
+            self._pending = (self._pending[0] or pending[0], self._pending[1] or pending[1])
 
     @property
     def traceparent(self) -> str:

@@ -24,8 +24,28 @@ class RedisUnavailable(BgqError, ConnectionError):
     """Redis could not be reached; the message names the URL (without its password)."""
 
 
+class NotReplicated(BgqError):
+    """A durable enqueue (``wait_replicas``) was applied on the primary but fewer replicas than
+    asked confirmed it in time. Retrying with the same ``job_id`` is safe (it answers
+    ``exists``)."""
+
+
+class RedisCommandError(BgqError):
+    """Redis answered but refused the command (READONLY after a failover, OOM, a cluster
+    redirection the client could not follow, ...); the message names the URL without password."""
+
+
 class PayloadError(BgqError, ValueError):
     """A job's arguments are not JSON-serialisable or the envelope is over the size limit."""
+
+
+class PayloadTooLarge(PayloadError):
+    """The job's envelope is over the size limit (``size`` and ``limit`` in bytes)."""
+
+    def __init__(self, message: str, size: int, limit: int) -> None:
+        super().__init__(message)
+        self.size = size
+        self.limit = limit
 
 
 class UnknownTask(BgqError, LookupError):
@@ -83,6 +103,8 @@ __all__ = [
     "JobNotFound",
     "JobTimeout",
     "PayloadError",
+    "PayloadTooLarge",
+    "RedisCommandError",
     "RedisUnavailable",
     "Retry",
     "UnknownTask",

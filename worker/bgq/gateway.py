@@ -44,10 +44,19 @@ import prometheus_client
 import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from bgq import safejson
 from bgq.client import AsyncClient, JobInfo, JobSpec
 from bgq.connection import redact, unavailable
-from bgq.errors import ConfigError, InvalidQueueName, JobNotFound, PayloadError, RedisUnavailable
+from bgq.errors import (
+    ConfigError,
+    InvalidQueueName,
+    JobNotFound,
+    PayloadError,
+    PayloadTooLarge,
+    RedisUnavailable,
+)
 from bgq.httpserver import HttpServer, Request, Response
+from bgq.kubeauth import AuthUnavailable, KubeAuth
 from bgq.protocol import PRIORITIES, QueueName, check_job_id
 from bgq.stats import QueueDemand
 
@@ -59,6 +68,7 @@ __all__ = [
     "QueueBackend",
     "RedisBackend",
     "job_document",
+    "limits_from_env",
     "serve",
     "stats_document",
     "token_from_env",
@@ -69,7 +79,7 @@ log = logging.getLogger("bgq.gateway")
 DEFAULT_PORT = 8080
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
 MAX_BATCH = 1000
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")  # fullmatch only
 _QUEUE = "/v1/queues/{namespace}/{name}"
 _Body = TypeVar("_Body", bound=BaseModel)
 
@@ -80,14 +90,16 @@ _Body = TypeVar("_Body", bound=BaseModel)
 class EnqueueRequest(BaseModel):
     """The JSON body of ``POST .../jobs`` (one element of ``jobs`` in a batch)."""
 
-    model_config = ConfigDict(extra="forbid", strict=False)
+    # strict: JSON types are taken as sent (``true`` is not 1, ``"3"`` is not 3); ints are
+    # still accepted where a float is expected.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     task: Annotated[str, Field(min_length=1, max_length=256)]
     args: list[Any] = Field(default_factory=list)
     kwargs: dict[str, Any] = Field(default_factory=dict)
     job_id: str | None = None
     delay: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None
-    priority: int | str | None = None
+    priority: int | None = None
     unique_key: Annotated[str, Field(min_length=1, max_length=256)] | None = None
     timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     retries: Annotated[int, Field(ge=0, le=1000)] | None = None
@@ -109,18 +121,17 @@ class EnqueueRequest(BaseModel):
         except ValueError as exc:
             raise ValueError(str(exc)) from None
 
-    @field_validator("priority")
+    @field_validator("priority", mode="before")
     @classmethod
-    def _priority_band(cls, value: int | str | None) -> int | None:
+    def _priority_band(cls, value: object) -> int | None:
+        """``"high"``/``"normal"``/``"low"`` or the band 0-2; ``true``, ``1.0``, ``"1"`` refused."""
         if value is None:
             return None
-        if isinstance(value, str):
-            if value.lower() in PRIORITIES:
-                return PRIORITIES[value.lower()]
-            raise ValueError("must be high, normal, low or 0, 1, 2")
-        if isinstance(value, bool) or value not in (0, 1, 2):
-            raise ValueError("must be high, normal, low or 0, 1, 2")
-        return value
+        if isinstance(value, str) and value.lower() in PRIORITIES:
+            return PRIORITIES[value.lower()]
+        if type(value) is int and value in (0, 1, 2):
+            return value
+        raise ValueError("must be high, normal, low or 0, 1, 2")
 
 
 class BatchRequest(BaseModel):
@@ -179,12 +190,55 @@ _SERVER_ERRORS = {
     400: "bad_request",
     404: "not_found",
     405: "method_not_allowed",
+    408: "request_timeout",
     411: "length_required",
     413: "payload_too_large",
     431: "headers_too_large",
     500: "internal_error",
+    503: "overloaded",
     505: "http_version_not_supported",
 }
+
+SECURITY_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+"""Added to every gateway answer: API answers are never cached, sniffed, framed or scripted."""
+
+_LIMIT_VARIABLES: dict[str, tuple[str, type[int] | type[float]]] = {
+    "max_connections": ("BGQ_GATEWAY_MAX_CONNECTIONS", int),
+    "max_buffered_bytes": ("BGQ_GATEWAY_MAX_BUFFERED_BYTES", int),
+    "max_header_bytes": ("BGQ_GATEWAY_MAX_HEADER_BYTES", int),
+    "header_timeout": ("BGQ_GATEWAY_HEADER_TIMEOUT_SECONDS", float),
+    "idle_timeout": ("BGQ_GATEWAY_IDLE_TIMEOUT_SECONDS", float),
+    "read_timeout": ("BGQ_GATEWAY_READ_TIMEOUT_SECONDS", float),
+    "write_timeout": ("BGQ_GATEWAY_WRITE_TIMEOUT_SECONDS", float),
+}
+
+
+def limits_from_env(environ: dict[str, str] | None = None) -> dict[str, float]:
+    """The HTTP server limits set in the environment (``BGQ_GATEWAY_MAX_CONNECTIONS``, ...).
+
+    Only variables that are set appear; the rest keep :class:`bgq.httpserver.HttpServer`'s
+    defaults. Raises :class:`bgq.ConfigError` naming a variable that is not a positive number.
+    """
+    env = os.environ if environ is None else environ
+    limits: dict[str, float] = {}
+    for option, (variable, kind) in _LIMIT_VARIABLES.items():
+        text = env.get(variable, "").strip()
+        if not text:
+            continue
+        try:
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not value > 0 or not math.isfinite(value):
+            raise ConfigError(f"{variable} must be a positive {kind.__name__}, got {text!r}")
+        limits[option] = value
+    return limits
 
 
 def _server_error(status: int, message: str) -> Response:
@@ -255,6 +309,15 @@ class _Metrics:
 
 Route = Callable[[Request], Awaitable[Response]]
 
+_PERMISSIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("POST", _QUEUE + "/jobs"): ("create", "jobs"),
+    ("POST", _QUEUE + "/jobs:batch"): ("create", "jobs"),
+    ("GET", _QUEUE + "/jobs/{id}"): ("get", "jobs"),
+    ("DELETE", _QUEUE + "/jobs/{id}"): ("delete", "jobs"),
+    ("GET", _QUEUE): ("get", "jobs"),
+}
+"""RBAC verb and ``backgroundqueues`` subresource each /v1 route needs (bgq.kubeauth)."""
+
 
 class Gateway:
     """The gateway's HTTP routes over a :class:`QueueBackend`.
@@ -270,12 +333,21 @@ class Gateway:
         port: int = DEFAULT_PORT,
         token: str | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        limits: dict[str, float] | None = None,
+        kube_auth: KubeAuth | None = None,
     ) -> None:
         self.backend = backend
         self.token = token or None
+        self.kube_auth = kube_auth
         self.metrics = _Metrics()
         self.server = HttpServer(
-            host, port, max_body_bytes=max_body_bytes, error_response=_server_error
+            host,
+            port,
+            max_body_bytes=max_body_bytes,
+            error_response=_server_error,
+            guard=self._guard,
+            default_headers=SECURITY_HEADERS,
+            **(limits or {}),  # type: ignore[arg-type]
         )
         routes: list[tuple[str, str, Route]] = [
             ("POST", _QUEUE + "/jobs", self._enqueue),
@@ -289,6 +361,16 @@ class Gateway:
         ]
         for method, pattern, handler in routes:
             self.server.route(method, pattern, self._instrument(pattern, handler))
+        prometheus_client.Gauge(
+            "bgq_gateway_http_connections",
+            "Open HTTP connections (capped; over the cap new ones are answered 503).",
+            registry=self.metrics.registry,
+        ).set_function(lambda: self.server.connections)
+        prometheus_client.Gauge(
+            "bgq_gateway_http_buffered_bytes",
+            "Request-body bytes buffered right now, all connections (capped; over: 503).",
+            registry=self.metrics.registry,
+        ).set_function(lambda: self.server.buffered_bytes)
 
     @property
     def port(self) -> int:
@@ -298,11 +380,12 @@ class Gateway:
     async def start(self) -> None:
         """Start serving (binds the port)."""
         await self.server.start()
+        modes = [m for m, on in (("token", self.token), ("serviceaccount", self.kube_auth)) if on]
         log.info(
-            "bgq gateway listening on %s:%s (auth %s)",
+            "bgq gateway listening on %s:%s (auth: %s)",
             self.server.host,
             self.server.port,
-            "on" if self.token else "off",
+            " + ".join(modes) or "off",
         )
 
     async def stop(self) -> None:
@@ -311,29 +394,68 @@ class Gateway:
 
     # -- plumbing ----------------------------------------------------------------------------
 
-    def _instrument(self, pattern: str, handler: Route) -> Route:
-        protected = pattern.startswith("/v1/")
+    async def _guard(self, request: Request) -> Response | None:
+        """Authorize a routed request before its body is read (the server calls this).
 
+        The static token, when set and presented, admits everything. Otherwise, with
+        ServiceAccount auth on, the bearer token is reviewed and the queue's RBAC permission for
+        the route checked (:mod:`bgq.kubeauth`). No auth configured: everything is admitted.
+        """
+        if not request.route.startswith("/v1/"):
+            return None
+        response = await self._authorize(request)
+        if response is not None:
+            self.metrics.requests.labels(request.route, str(response.status)).inc()
+        return response
+
+    async def _authorize(self, request: Request) -> Response | None:
+        if self.token is None and self.kube_auth is None:
+            return None
+        queue, problem = self._queue(request)
+        if problem:
+            return problem
+        scheme, _, credentials = request.headers.get("authorization", "").partition(" ")
+        presented = credentials.strip() if scheme.lower() == "bearer" else ""
+        if presented and self.token is not None and self._authorized(request):
+            return None
+        if presented and self.kube_auth is not None:
+            method = "GET" if request.method == "HEAD" else request.method
+            verb, subresource = _PERMISSIONS[(method, request.route)]
+            namespace, name = queue.split("/", 1)
+            try:
+                decision = await self.kube_auth.authorize(
+                    presented, namespace, name, verb, subresource
+                )
+            except AuthUnavailable as exc:
+                log.warning("authorization unavailable: %s", exc)
+                response = _error(503, "auth_unavailable", "authorization is unavailable, retry")
+                response.headers["Retry-After"] = "1"
+                return response
+            if decision.allowed:
+                return None
+            if decision.status == 403:
+                return _error(403, "forbidden", decision.reason)
+        response = _error(401, "unauthorized", "missing or wrong bearer token")
+        response.headers["WWW-Authenticate"] = 'Bearer realm="bgq"'
+        return response
+
+    def _instrument(self, pattern: str, handler: Route) -> Route:
         async def wrapped(request: Request) -> Response:
             started = time.perf_counter()
-            if protected and not self._authorized(request):
-                response = _error(401, "unauthorized", "missing or wrong bearer token")
-                response.headers["WWW-Authenticate"] = 'Bearer realm="bgq"'
-            else:
-                try:
-                    response = await handler(request)
-                except RedisUnavailable as exc:
-                    self.metrics.redis_unavailable.inc()
-                    log.warning("redis unavailable: %s", exc)
-                    response = _error(503, "redis_unavailable", str(exc))
-                    response.headers["Retry-After"] = "1"
-                except JobNotFound as exc:
-                    response = _error(404, "job_not_found", str(exc), field="id")
-                except PayloadError as exc:
-                    status = 413 if "over the limit" in str(exc) else 400
-                    response = _error(status, "invalid_payload", str(exc), field="args")
-                except ConfigError as exc:
-                    response = _error(400, "invalid_request", str(exc), field="body")
+            try:
+                response = await handler(request)
+            except RedisUnavailable as exc:
+                self.metrics.redis_unavailable.inc()
+                log.warning("redis unavailable: %s", exc)
+                response = _error(503, "redis_unavailable", str(exc))
+                response.headers["Retry-After"] = "1"
+            except JobNotFound as exc:
+                response = _error(404, "job_not_found", str(exc), field="id")
+            except PayloadError as exc:
+                status = 413 if isinstance(exc, PayloadTooLarge) else 400
+                response = _error(status, "invalid_payload", str(exc), field="args")
+            except ConfigError as exc:
+                response = _error(400, "invalid_request", str(exc), field="body")
             self.metrics.requests.labels(pattern, str(response.status)).inc()
             self.metrics.latency.labels(pattern).observe(time.perf_counter() - started)
             return response
@@ -355,7 +477,7 @@ class Gateway:
         try:
             return str(QueueName.parse(f"{namespace}/{name}")), None
         except InvalidQueueName as exc:
-            bad_namespace = len(namespace) > 63 or not _LABEL.match(namespace)
+            bad_namespace = len(namespace) > 63 or not _LABEL.fullmatch(namespace)
             field = "namespace" if bad_namespace else "name"
             return "", _error(400, "invalid_queue", str(exc), field=field)
 
@@ -366,10 +488,13 @@ class Gateway:
         if not request.body.strip():
             return None, _error(400, "invalid_request", "body: a JSON object is required", "body")
         try:
-            return json.loads(request.body), None
+            # two levels more than an envelope: a batch wraps each job in {"jobs": [...]}
+            return safejson.loads(request.body, max_depth=safejson.MAX_DEPTH + 2), None
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             message = f"body: not valid JSON ({exc})"
             return None, _error(400, "invalid_json", message, field="body")
+        except PayloadError as exc:
+            return None, _error(400, "invalid_json", str(exc), field="body")
 
     def _queue_and_body(self, request: Request, model: type[_Body]) -> tuple[str, _Body] | Response:
         """The queue from the path and the JSON body validated as ``model``, or the 400 answer.
@@ -451,7 +576,9 @@ class Gateway:
         try:
             await asyncio.wait_for(self.backend.ping(), 2.0)
         except (RedisUnavailable, TimeoutError) as exc:
-            return Response(status=503, body=f"redis unreachable: {exc}\n".encode())
+            # The probe is unauthenticated: the Redis address goes to the log, not the answer.
+            log.warning("readyz: redis unreachable: %s", exc or "timeout")
+            return Response(status=503, body=b"redis unreachable\n")
         return Response(body=b"ok\n")
 
     async def _metrics(self, request: Request) -> Response:
@@ -498,6 +625,13 @@ def _iso(ms: int) -> str | None:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat(timespec="milliseconds")
 
 
+def _progress_document(info: JobInfo) -> dict[str, Any] | None:
+    p = info.progress
+    if p is None:
+        return None
+    return {"fraction": p.fraction, "detail": p.detail, "updated_at": _iso(p.updated_ms)}
+
+
 def job_document(info: JobInfo) -> dict[str, Any]:
     """A job's record as JSON: ``GET .../jobs/{id}`` and ``bgq job --json``."""
     env = info.envelope
@@ -518,6 +652,8 @@ def job_document(info: JobInfo) -> dict[str, Any]:
             "traceback": info.traceback or None,
             "lease_expiries": info.lease_expiries,
             "cancel_requested": info.cancel_requested,
+            "progress": _progress_document(info),
+            "checkpoint": info.checkpoint,
             "args": env.args if env else None,
             "kwargs": env.kwargs if env else None,
             "priority": env.priority if env else None,
@@ -574,7 +710,7 @@ def _spec(request: EnqueueRequest) -> JobSpec:
         kwargs=request.kwargs,
         job_id=request.job_id,
         delay=request.delay,
-        priority=request.priority if isinstance(request.priority, int) else 1,
+        priority=request.priority if request.priority is not None else 1,
         unique_key=request.unique_key,
         timeout=request.timeout,
         retries=request.retries,
@@ -650,6 +786,10 @@ async def serve(
         port = int(os.environ.get("BGQ_GATEWAY_PORT", DEFAULT_PORT))
     max_body = int(os.environ.get("BGQ_GATEWAY_MAX_BODY_BYTES", DEFAULT_MAX_BODY_BYTES))
     url = redis_url or os.environ.get("BGQ_REDIS_URL") or "redis://localhost:6379/0"
+    limits = limits_from_env()
+    kube_auth = None
+    if os.environ.get("BGQ_GATEWAY_AUTH_SERVICEACCOUNT", "").strip().lower() in ("1", "true"):
+        kube_auth = KubeAuth.from_env()
     client = AsyncClient(url, max_payload_bytes=max_body)
     gateway = Gateway(
         RedisBackend(client, url),
@@ -657,6 +797,8 @@ async def serve(
         port=port,
         token=token if token is not None else token_from_env(),
         max_body_bytes=max_body,
+        limits=limits,
+        kube_auth=kube_auth,
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

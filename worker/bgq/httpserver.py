@@ -1,18 +1,37 @@
-"""A small, dependency-free asyncio HTTP/1.1 server.
+"""A small, dependency-free, hardened asyncio HTTP/1.1 server.
 
-bgq serves a handful of tiny endpoints: the worker's ``/livez``, ``/readyz`` and ``/metrics``, and
-the enqueue gateway (``bgq.gateway``). Pulling in a web framework for that would bloat every worker
-image, so this module implements just enough of HTTP/1.1 (RFC 9112) on ``asyncio.start_server``:
+bgq serves a handful of tiny endpoints: the worker's and operator's ``/livez``, ``/readyz`` and
+``/metrics``, and the enqueue gateway (``bgq.gateway``). A web framework would bloat every worker
+image, and the ASGI servers measured for the gateway (uvicorn, hypercorn; see
+``bench/gateway_http.py`` and docs/gateway.md) leave the resource limits below to the
+application anyway. So this module implements just enough of HTTP/1.1 (RFC 9112) on
+``asyncio.start_server``, and is strict about it, because the gateway is reachable from every pod
+in the cluster:
 
-* keep-alive (the HTTP/1.1 default; ``Connection: close`` honoured; HTTP/1.0 closes unless
-  asked to keep alive),
-* request bodies framed by ``Content-Length`` (chunked request bodies get ``411``),
-* ``Expect: 100-continue`` (curl sends it for large bodies),
-* size limits: request line plus headers over ``max_header_bytes`` → ``431``, a body over
-  ``max_body_bytes`` → ``413`` (checked before reading it),
-* routing by method and path pattern (``/v1/queues/{namespace}/{name}/jobs``) → ``404``/``405``,
-  ``HEAD`` answered by the ``GET`` handler without a body,
-* a handler exception becomes a logged ``500``; it never takes the server down,
+* **Route and authorize before the body.** The request head is parsed, the route looked up
+  (``404``/``405``) and the ``guard`` (e.g. the gateway's token check) asked *before* a single
+  body byte is read or buffered, and before ``100 Continue`` is sent.
+* **Bounded resources.** At most ``max_connections`` connections (default: 1024, and never more
+  than half the process's file-descriptor limit, so the accept loop does not run into EMFILE);
+  one more is answered ``503`` and closed. Request bodies being buffered share a
+  ``max_buffered_bytes`` budget; a body that does not fit is answered ``503`` + ``Retry-After``.
+  Request line plus headers over ``max_header_bytes`` → ``431``; a body over ``max_body_bytes``
+  → ``413`` (from ``Content-Length`` before reading, or while decoding chunks).
+* **Deadlines.** A new connection has ``header_timeout`` (10 s) to send a complete request head,
+  and every request body ``read_timeout`` to arrive: otherwise ``408`` and close (slowloris,
+  silent connections). An idle keep-alive connection is closed after ``idle_timeout``. A client
+  that does not read its response is cut off after ``write_timeout``.
+* **Strict parsing** (no parser differential behind a proxy): control bytes (NUL, bare CR or LF,
+  ...) anywhere in the head, obsolete line folding, whitespace before a header colon, a missing or
+  duplicated ``Host`` (HTTP/1.1), a ``Content-Length`` that is not plain ASCII digits, conflicting
+  framing (``Content-Length`` with ``Transfer-Encoding``) and transfer codings other than
+  ``chunked`` are all ``400``. Chunked request bodies are decoded (within the size limit).
+* Every protocol error is a ``4xx`` (``505`` for an unknown HTTP version) and closes the
+  connection; a handler exception is a logged ``500`` and never takes the server down. Refused
+  connections are logged at most once per 10 s (no log storm under attack).
+* Keep-alive (the HTTP/1.1 default; ``Connection: close`` honoured; HTTP/1.0 closes unless asked
+  to keep alive), ``Expect: 100-continue``, ``HEAD`` answered by the ``GET`` handler without a
+  body, routing by method and path pattern (``/v1/queues/{namespace}/{name}/jobs``).
 * ``stop()`` closes the listener, lets requests in progress finish for a short grace period,
   then cancels what is left and closes every connection.
 """
@@ -24,27 +43,48 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Awaitable, Callable
+import resource
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from urllib.parse import parse_qsl, unquote
 
-__all__ = ["ErrorResponse", "Handler", "HttpServer", "Request", "Response"]
+__all__ = ["ErrorResponse", "Guard", "Handler", "HttpServer", "Request", "Response"]
 
 log = logging.getLogger("bgq.http")
 
 DEFAULT_MAX_HEADER_BYTES = 16 * 1024
 DEFAULT_MAX_BODY_BYTES = 1024 * 1024
-DEFAULT_IDLE_TIMEOUT = 75.0
+DEFAULT_MAX_CONNECTIONS = 1024
+DEFAULT_MAX_BUFFERED_BYTES = 32 * 1024 * 1024
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_IDLE_TIMEOUT = 30.0
 DEFAULT_READ_TIMEOUT = 30.0
+DEFAULT_WRITE_TIMEOUT = 10.0
 
-_PARAM = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+# All regexes here are used with fullmatch (``$`` would accept a trailing newline).
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_DIGITS = re.compile(r"[0-9]{1,18}")
+_CHUNK_SIZE = re.compile(r"[0-9A-Fa-f]{1,15}")
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+"""Bytes never allowed in a request line or header line (HTAB is allowed in values)."""
+_TARGET = re.compile(r"[\x21-\x7e]+")
+_CANONICAL = {
+    "host": "Host",
+    "content-length": "Content-Length",
+    "transfer-encoding": "Transfer-Encoding",
+}
+"""Headers that must not repeat (framing and routing depend on them)."""
 
 
 @dataclass
 class Request:
-    """One parsed HTTP request. Header names are lower-cased; ``path`` is percent-decoded."""
+    """One parsed HTTP request. Header names are lower-cased; ``path`` is percent-decoded.
+
+    ``route`` is the matched route pattern (``""`` before routing).
+    """
 
     method: str
     path: str
@@ -52,6 +92,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     path_params: dict[str, str]
+    route: str = ""
 
 
 @dataclass
@@ -72,16 +113,20 @@ class Response:
 
 Handler = Callable[[Request], Awaitable[Response]]
 ErrorResponse = Callable[[int, str], Response]
-"""Builds the body of the server's own errors (400, 404, 405, 413, 431, 500, ...)."""
+"""Builds the body of the server's own errors (400, 404, 405, 408, 413, 431, 503, ...)."""
+Guard = Callable[[Request], Awaitable[Response | None]]
+"""Called after routing with the body not yet read (``Request.body == b""``): return a Response
+(e.g. ``401``) to answer without reading the body, or ``None`` to go on."""
 
 
 class _HttpError(Exception):
     """A protocol-level problem: answered with ``status``, then the connection is closed."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
 
 
 @dataclass
@@ -105,6 +150,16 @@ class _Route:
         return params
 
 
+@dataclass
+class _Head:
+    method: str
+    target: str
+    version: str
+    headers: dict[str, str]
+    chunked: bool
+    length: int  # Content-Length, 0 when absent or chunked
+
+
 def _split_path(path: str) -> list[str]:
     """Split ``/a/b%2Fc/d`` into segments ``["a", "b/c", "d"]``, decoding after splitting."""
     return [unquote(part) for part in path.split("/")[1:]]
@@ -112,6 +167,90 @@ def _split_path(path: str) -> list[str]:
 
 def _plain(status: int, message: str) -> Response:
     return Response(status=status, body=(message + "\n").encode())
+
+
+class _Budget:
+    """Bytes of request bodies buffered right now, across all connections."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def take(self, n: int) -> bool:
+        if self.used + n > self.limit:
+            return False
+        self.used += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.used -= n
+
+
+class _RateLimit:
+    """Lets one event through per ``interval`` seconds and counts the ones it holds back."""
+
+    def __init__(self, interval: float = 10.0) -> None:
+        self.interval = interval
+        self._last = -interval
+        self._suppressed = 0
+
+    def allow(self) -> int | None:
+        """``None``: drop this event; else how many were dropped since the last one let through."""
+        now = time.monotonic()
+        if now - self._last < self.interval:
+            self._suppressed += 1
+            return None
+        dropped, self._last, self._suppressed = self._suppressed, now, 0
+        return dropped
+
+    def warning(self, message: str) -> None:
+        """Log ``message`` as a warning, at most once per interval."""
+        dropped = self.allow()
+        if dropped is not None:
+            suffix = f" ({dropped} more since the last report)" if dropped else ""
+            log.warning("%s%s", message, suffix)
+
+
+def _fd_cap(requested: int) -> int:
+    """``requested``, but well inside the soft RLIMIT_NOFILE.
+
+    Half the limit, less the 64 sockets asyncio may accept in one batch before a refused
+    connection is closed (its accept loop takes up to ``backlog`` = 100 per wake-up); the rest is
+    for Redis, files and the process itself. 256 fds → 64 connections, 4096 → the default 1024.
+    """
+    try:
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (OSError, ValueError):  # pragma: no cover - every Linux has it
+        return requested
+    if soft == resource.RLIM_INFINITY or soft <= 0:
+        return requested
+    return min(requested, max(8, soft // 2 - 64))
+
+
+class _AcceptErrorFilter(logging.Filter):
+    """Rate-limits asyncio's "socket.accept() out of system resource" error (EMFILE/ENFILE).
+
+    asyncio logs it with a traceback on every failed accept; at the fd limit under a connection
+    flood that is a log storm. One report per 10 s is kept, the rest are counted and dropped.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._limit = _RateLimit()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("socket.accept() out of system resource"):
+            return True
+        dropped = self._limit.allow()
+        if dropped is None:
+            return False
+        if dropped:
+            record.msg = f"{record.msg} ({dropped} more since the last report)"
+        record.exc_info = None
+        return True
+
+
+_ACCEPT_FILTER = _AcceptErrorFilter()
 
 
 class HttpServer:
@@ -126,7 +265,8 @@ class HttpServer:
         await server.stop()
 
     ``error_response(status, message)`` shapes the server's own error answers (plain text by
-    default; the gateway answers JSON).
+    default; the gateway answers JSON). ``guard`` runs after routing, before the body is read.
+    ``default_headers`` are added to every answer (security headers) unless the handler set them.
     """
 
     def __init__(
@@ -136,19 +276,32 @@ class HttpServer:
         *,
         max_header_bytes: int = DEFAULT_MAX_HEADER_BYTES,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_buffered_bytes: int = DEFAULT_MAX_BUFFERED_BYTES,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         read_timeout: float = DEFAULT_READ_TIMEOUT,
+        write_timeout: float = DEFAULT_WRITE_TIMEOUT,
         stop_grace: float = 5.0,
         error_response: ErrorResponse | None = None,
+        guard: Guard | None = None,
+        default_headers: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
         self.max_header_bytes = max_header_bytes
         self.max_body_bytes = max_body_bytes
+        self.max_connections = _fd_cap(max_connections)
+        self.header_timeout = header_timeout
         self.idle_timeout = idle_timeout
         self.read_timeout = read_timeout
+        self.write_timeout = write_timeout
         self.stop_grace = stop_grace
         self._error = error_response or _plain
+        self._guard = guard
+        self._default_headers = dict(default_headers or {})
+        self._budget = _Budget(max(max_buffered_bytes, max_body_bytes))
+        self._refusals = _RateLimit()
         self._routes: list[_Route] = []
         self._server: asyncio.Server | None = None
         self._port: int | None = None
@@ -166,13 +319,13 @@ class HttpServer:
         Routes are tried in registration order.
         """
         method = method.upper()
-        if not _TOKEN.match(method):
+        if not _TOKEN.fullmatch(method):
             raise ValueError(f"invalid HTTP method {method!r}")
         if not pattern.startswith("/"):
             raise ValueError(f"route pattern must start with '/': {pattern!r}")
         parts: list[tuple[bool, str]] = []
         for segment in pattern.split("/")[1:]:
-            param = _PARAM.match(segment)
+            param = _PARAM.fullmatch(segment)
             if param:
                 parts.append((True, param.group(1)))
             elif "{" in segment or "}" in segment:
@@ -193,11 +346,24 @@ class HttpServer:
             raise RuntimeError("HttpServer is not started")
         return self._port
 
+    @property
+    def buffered_bytes(self) -> int:
+        """Request-body bytes buffered right now (all connections)."""
+        return self._budget.used
+
+    @property
+    def connections(self) -> int:
+        """Open connections right now."""
+        return len(self._connections)
+
     async def start(self) -> None:
         """Bind and start accepting connections. Raises ``OSError`` if the port is taken."""
         if self._server is not None:
             raise RuntimeError("HttpServer is already started")
         self._stopping = False
+        asyncio_log = logging.getLogger("asyncio")
+        if _ACCEPT_FILTER not in asyncio_log.filters:
+            asyncio_log.addFilter(_ACCEPT_FILTER)
         self._server = await asyncio.start_server(
             self._on_connect,
             self.host,
@@ -241,6 +407,9 @@ class HttpServer:
     # -- connection handling -------------------------------------------------------------------
 
     async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if len(self._connections) >= self.max_connections:
+            await self._refuse(writer)
+            return
         task = asyncio.current_task()
         assert task is not None
         self._connections.add(task)
@@ -255,21 +424,45 @@ class HttpServer:
         finally:
             self._connections.discard(task)
             self._busy.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await self._close(writer)
+
+    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Over the connection cap: a canned 503 without reading anything, then close."""
+        self._refusals.warning(
+            f"http: {self.max_connections} connections open (the cap): refusing new ones with 503"
+        )
+        response = self._error(503, "too many connections, retry later")
+        response.headers["Retry-After"] = "1"
+        with contextlib.suppress(Exception):
+            writer.write(self._encode(response, keep_alive=False))
+            if writer.can_write_eof():
+                writer.write_eof()
+        await self._close(writer)
+
+    @staticmethod
+    async def _close(writer: asyncio.StreamWriter) -> None:
+        """Close, flushing briefly; a peer that does not take the last bytes is aborted."""
+        writer.close()
+        try:
+            await asyncio.wait_for(writer.wait_closed(), 1.0)
+        except TimeoutError:
+            writer.transport.abort()
+        except Exception:
+            pass
 
     async def _serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, task: asyncio.Task[None]
     ) -> None:
+        first = True
         while not self._stopping:
             try:
-                head = await asyncio.wait_for(self._read_head(reader), self.idle_timeout)
+                head = await self._read_head(reader, first)
             except _HttpError as err:
-                await self._write(writer, self._error(err.status, err.message), keep_alive=False)
+                await self._write(writer, self._error_for(err), keep_alive=False)
                 return
             if head is None:
-                return  # the client closed between requests
+                return  # the client closed (or stayed idle) between requests
+            first = False
             self._busy.add(task)
             try:
                 keep_alive = await self._handle_one(head, reader, writer)
@@ -278,76 +471,120 @@ class HttpServer:
             if not keep_alive:
                 return
 
-    async def _read_head(self, reader: asyncio.StreamReader) -> bytes | None:
-        """Read the request line and headers; ``None`` on a clean close before any byte."""
+    def _error_for(self, err: _HttpError) -> Response:
+        response = self._error(err.status, err.message)
+        response.headers.update(err.headers)
+        return response
+
+    async def _read_head(self, reader: asyncio.StreamReader, first: bool) -> bytes | None:
+        """Read the request line and headers; ``None`` on a clean close or idle keep-alive.
+
+        A new connection has ``header_timeout`` for its whole first head; on a keep-alive
+        connection the wait for the next request's first byte is ``idle_timeout``, then the rest
+        of the head has ``header_timeout``.
+        """
+        prefix = b""
+        if not first:
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    prefix = await reader.read(1)
+            except TimeoutError:
+                return None
+            if not prefix:
+                return None
         try:
-            head = await reader.readuntil(b"\r\n\r\n")
+            async with asyncio.timeout(self.header_timeout):
+                rest = await reader.readuntil(b"\r\n\r\n")
+        except TimeoutError as err:
+            raise _HttpError(408, "request header timeout") from err
         except asyncio.LimitOverrunError as err:
             raise _HttpError(431, "request header fields too large") from err
         except asyncio.IncompleteReadError as err:
-            if not err.partial.strip():
+            if not (prefix + err.partial).strip():
                 return None
             raise
+        head = prefix + rest
         if len(head) > self.max_header_bytes:
             raise _HttpError(431, "request header fields too large")
         return head
 
     async def _handle_one(
-        self, head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+        self, raw_head: bytes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> bool:
         """Serve one request whose head was read; returns whether to keep the connection."""
         try:
-            method, target, version, headers = self._parse_head(head)
+            head = self._parse_head(raw_head)
         except _HttpError as err:
-            await self._write(writer, self._error(err.status, err.message), keep_alive=False)
+            await self._write(writer, self._error_for(err), keep_alive=False)
             return False
 
-        connection = headers.get("connection", "").lower()
-        if version == "HTTP/1.0":
+        connection = head.headers.get("connection", "").lower()
+        if head.version == "HTTP/1.0":
             keep_alive = "keep-alive" in connection
         else:
             keep_alive = "close" not in connection
+        has_body = head.chunked or head.length > 0
 
-        try:
-            body = await self._read_body(headers, reader, writer)
-        except _HttpError as err:
-            await self._write(writer, self._error(err.status, err.message), keep_alive=False)
-            await self._linger(reader, writer)
-            return False
-
-        path, _, query_string = target.partition("?")
+        path, _, query_string = head.target.partition("?")
         request = Request(
-            method=method,
+            method=head.method,
             path=unquote(path),
             query=dict(parse_qsl(query_string, keep_blank_values=True)),
-            headers=headers,
-            body=body,
+            headers=head.headers,
+            body=b"",
             path_params={},
         )
-        response = await self._dispatch(request, path)
+        found = self._find_route(request, path)
+        early: Response | None = found if isinstance(found, Response) else None
+        if early is None and self._guard is not None:
+            early = await self._call_guard(request)
+        if early is not None:
+            # Answered without reading the body: a connection with an unread body is closed.
+            keep_alive = keep_alive and not has_body and not self._stopping
+            await self._write(writer, early, keep_alive=keep_alive, head_only=head.method == "HEAD")
+            if has_body:
+                await self._linger(reader, writer)
+            return keep_alive
+        assert isinstance(found, _Route)
+
+        taken = 0
+        try:
+            try:
+                request.body, taken = await self._read_body(head, reader, writer)
+            except _HttpError as err:
+                await self._write(writer, self._error_for(err), keep_alive=False)
+                await self._linger(reader, writer)
+                return False
+            response = await self._call(found, request)
+        finally:
+            self._budget.give(taken)
         keep_alive = keep_alive and not self._stopping
-        await self._write(writer, response, keep_alive=keep_alive, head_only=method == "HEAD")
+        await self._write(writer, response, keep_alive=keep_alive, head_only=head.method == "HEAD")
         return keep_alive
 
-    def _parse_head(self, head: bytes) -> tuple[str, str, str, dict[str, str]]:
-        try:
-            text = head.decode("latin-1")
-        except UnicodeDecodeError as err:  # pragma: no cover - latin-1 decodes any byte
-            raise _HttpError(400, "undecodable request head") from err
-        lines = text.split("\r\n")
+    def _parse_head(self, raw: bytes) -> _Head:
+        text = raw.decode("latin-1")  # latin-1 decodes any byte; bytes >= 0x80 are obs-text
+        lines = text[: -len("\r\n\r\n")].split("\r\n")
         # RFC 9112 2.2: ignore at least one empty line before the request line.
         while lines and not lines[0]:
             lines.pop(0)
         if not lines:
             raise _HttpError(400, "empty request")
-        parts = lines[0].split(" ")
+        request_line = lines[0]
+        if _CONTROL.search(request_line) or "\t" in request_line:
+            raise _HttpError(400, "control character in the request line")
+        parts = request_line.split(" ")
         if len(parts) != 3:
             raise _HttpError(400, "malformed request line")
         method, target, version = parts
-        if not _TOKEN.match(method):
+        if not _TOKEN.fullmatch(method):
             raise _HttpError(400, "malformed method")
         if version not in ("HTTP/1.1", "HTTP/1.0"):
-            raise _HttpError(505, "HTTP version not supported")
+            if re.fullmatch(r"HTTP/[0-9]\.[0-9]", version):
+                raise _HttpError(505, "HTTP version not supported")
+            raise _HttpError(400, "malformed HTTP version")
+        if not _TARGET.fullmatch(target):
+            raise _HttpError(400, "malformed request target")
         if target.startswith(("http://", "https://")):  # absolute-form: keep only the path
             after_scheme = target.split("://", 1)[1]
             slash = after_scheme.find("/")
@@ -355,64 +592,56 @@ class HttpServer:
         if not target.startswith("/"):
             raise _HttpError(400, "request target must be an absolute path")
         headers: dict[str, str] = {}
+        hosts = 0
         for line in lines[1:]:
             if not line:
-                continue
+                raise _HttpError(400, "empty header line")
+            if _CONTROL.search(line):
+                raise _HttpError(400, "control character in a header line")
+            if line[0] in " \t":
+                raise _HttpError(400, "obsolete header line folding")
             name, sep, value = line.partition(":")
-            if not sep or not name or not _TOKEN.match(name):
+            if not sep or not _TOKEN.fullmatch(name):
                 raise _HttpError(400, "malformed header line")
             key = name.lower()
             value = value.strip(" \t")
+            if key == "host":
+                hosts += 1
             if key in headers:
-                if key == "content-length" and headers[key] != value:
-                    raise _HttpError(400, "conflicting Content-Length headers")
-                headers[key] = value if key == "content-length" else f"{headers[key]}, {value}"
+                if key in _CANONICAL:
+                    raise _HttpError(400, f"more than one {_CANONICAL[key]} header")
+                headers[key] = f"{headers[key]}, {value}"
             else:
                 headers[key] = value
-        return method, target, version, headers
+        if hosts > 1:
+            raise _HttpError(400, "more than one Host header")
+        if version == "HTTP/1.1" and hosts == 0:
+            raise _HttpError(400, "missing Host header")
+        chunked, length = self._framing(version, headers)
+        return _Head(method, target, version, headers, chunked, length)
 
-    async def _read_body(
-        self, headers: dict[str, str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> bytes:
-        if "transfer-encoding" in headers:
-            raise _HttpError(411, "chunked request bodies are not supported; send Content-Length")
+    def _framing(self, version: str, headers: dict[str, str]) -> tuple[bool, int]:
+        """``(chunked, content_length)`` of the body, refusing ambiguous framing."""
+        encoding = headers.get("transfer-encoding")
         raw_length = headers.get("content-length")
+        if encoding is not None:
+            if version == "HTTP/1.0":
+                raise _HttpError(400, "Transfer-Encoding in an HTTP/1.0 request")
+            if raw_length is not None:
+                raise _HttpError(400, "both Content-Length and Transfer-Encoding")
+            if encoding.lower() != "chunked":
+                raise _HttpError(400, "unsupported Transfer-Encoding: only chunked is accepted")
+            return True, 0
         if raw_length is None:
-            return b""
-        if not raw_length.isdigit():
+            return False, 0
+        if not _DIGITS.fullmatch(raw_length):
             raise _HttpError(400, "invalid Content-Length")
         length = int(raw_length)
         if length > self.max_body_bytes:
             raise _HttpError(413, f"request body too large (limit {self.max_body_bytes} bytes)")
-        if headers.get("expect", "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            await writer.drain()
-        if length == 0:
-            return b""
-        return await asyncio.wait_for(reader.readexactly(length), self.read_timeout)
+        return False, length
 
-    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """After refusing a body, discard what the client still sends (briefly, bounded).
-
-        Closing a socket with unread input makes the kernel send RST, and a client still uploading
-        would then see "connection reset" instead of our 413. So half-close and drain a little.
-        """
-        with contextlib.suppress(Exception):
-            if writer.can_write_eof():
-                writer.write_eof()
-            budget = 16 * self.max_body_bytes + 65536
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + 2.0
-            while budget > 0:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                chunk = await asyncio.wait_for(reader.read(65536), remaining)
-                if not chunk:
-                    break
-                budget -= len(chunk)
-
-    async def _dispatch(self, request: Request, raw_path: str) -> Response:
+    def _find_route(self, request: Request, raw_path: str) -> _Route | Response:
         segments = _split_path(raw_path)
         allowed: list[str] = []
         lookup = "GET" if request.method == "HEAD" else request.method
@@ -424,22 +653,8 @@ class HttpServer:
                 allowed.append(candidate.method)
                 continue
             request.path_params = params
-            try:
-                response = await candidate.handler(request)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("http handler failed: %s %s", request.method, request.path)
-                return self._error(500, "internal server error")
-            if not isinstance(response, Response):
-                log.error(
-                    "http handler for %s %s returned %r, not a Response",
-                    request.method,
-                    candidate.pattern,
-                    type(response).__name__,
-                )
-                return self._error(500, "internal server error")
-            return response
+            request.route = candidate.pattern
+            return candidate
         if allowed:
             if "GET" in allowed:
                 allowed.append("HEAD")
@@ -447,6 +662,153 @@ class HttpServer:
             response.headers["Allow"] = ", ".join(dict.fromkeys(allowed))
             return response
         return self._error(404, "not found")
+
+    async def _call_guard(self, request: Request) -> Response | None:
+        assert self._guard is not None
+        try:
+            return await self._guard(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("http guard failed: %s %s", request.method, request.path)
+            return self._error(500, "internal server error")
+
+    async def _call(self, route: _Route, request: Request) -> Response:
+        try:
+            response = await route.handler(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("http handler failed: %s %s", request.method, request.path)
+            return self._error(500, "internal server error")
+        if not isinstance(response, Response):
+            log.error(
+                "http handler for %s %s returned %r, not a Response",
+                request.method,
+                route.pattern,
+                type(response).__name__,
+            )
+            return self._error(500, "internal server error")
+        return response
+
+    # -- bodies --------------------------------------------------------------------------------
+
+    def _reserve(self, n: int) -> None:
+        if not self._budget.take(n):
+            message = "server busy: too many request bytes in flight, retry later"
+            raise _HttpError(503, message, {"Retry-After": "1"})
+
+    async def _read_body(
+        self, head: _Head, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[bytes, int]:
+        """The body and the bytes reserved for it in the budget (the caller gives them back)."""
+        if not head.chunked and head.length == 0:
+            return b"", 0
+        self._reserve(head.length)
+        taken = head.length
+        try:
+            if head.headers.get("expect", "").lower() == "100-continue":
+                writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                await self._drain(writer)
+            deadline = asyncio.get_running_loop().time() + self.read_timeout
+            if not head.chunked:
+                return await self._within(deadline, reader.readexactly(head.length)), taken
+            chunks: list[bytes] = []
+            while True:
+                size = await self._chunk_size(reader, deadline)
+                if size == 0:
+                    await self._skip_trailers(reader, deadline)
+                    return b"".join(chunks), taken
+                if taken + size > self.max_body_bytes:
+                    raise _HttpError(
+                        413, f"request body too large (limit {self.max_body_bytes} bytes)"
+                    )
+                self._reserve(size)
+                taken += size
+                chunks.append(await self._within(deadline, reader.readexactly(size)))
+                if await self._within(deadline, reader.readexactly(2)) != b"\r\n":
+                    raise _HttpError(400, "malformed chunked body: chunk data not ended by CRLF")
+        except BaseException:
+            self._budget.give(taken)
+            raise
+
+    async def _within(self, deadline: float, aw: Awaitable[bytes]) -> bytes:
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await aw
+        except TimeoutError as err:
+            raise _HttpError(408, "request body timeout") from err
+        except asyncio.IncompleteReadError as err:
+            raise _HttpError(400, "request body ended early") from err
+        except asyncio.LimitOverrunError as err:
+            raise _HttpError(400, "malformed chunked body: line too long") from err
+
+    async def _line(self, reader: asyncio.StreamReader, deadline: float) -> str:
+        raw = await self._within(deadline, reader.readuntil(b"\r\n"))
+        line = raw[:-2].decode("latin-1")
+        if len(line) > 4096 or _CONTROL.search(line):
+            raise _HttpError(400, "malformed chunked body: bad line")
+        return line
+
+    async def _chunk_size(self, reader: asyncio.StreamReader, deadline: float) -> int:
+        size_text, _, _extensions = (await self._line(reader, deadline)).partition(";")
+        size_text = size_text.rstrip(" \t")
+        if not _CHUNK_SIZE.fullmatch(size_text):
+            raise _HttpError(400, "malformed chunked body: bad chunk size")
+        return int(size_text, 16)
+
+    async def _skip_trailers(self, reader: asyncio.StreamReader, deadline: float) -> None:
+        total = 0
+        while True:
+            line = await self._line(reader, deadline)
+            if not line:
+                return
+            total += len(line) + 2
+            if total > self.max_header_bytes:
+                raise _HttpError(431, "request trailer fields too large")
+
+    async def _linger(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """After refusing a body, discard what the client still sends (briefly, bounded).
+
+        Closing a socket with unread input makes the kernel send RST, and a client still uploading
+        would then see "connection reset" instead of our answer. So half-close and drain a little.
+        """
+        with contextlib.suppress(Exception):
+            if writer.can_write_eof():
+                writer.write_eof()
+            budget = 2 * self.max_body_bytes + 65536
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 2.0
+            while budget > 0:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                chunk = await asyncio.wait_for(reader.read(65536), remaining)
+                if not chunk:
+                    break
+                budget -= len(chunk)
+
+    # -- responses -----------------------------------------------------------------------------
+
+    def _encode(self, response: Response, *, keep_alive: bool, head_only: bool = False) -> bytes:
+        try:
+            reason = HTTPStatus(response.status).phrase
+        except ValueError:
+            reason = "Unknown"
+        lines = [f"HTTP/1.1 {response.status} {reason}"]
+        skip = {"content-length", "connection", "content-type", "transfer-encoding"}
+        given = {name.lower() for name in response.headers}
+        headers = [*response.headers.items()]
+        headers += [(k, v) for k, v in self._default_headers.items() if k.lower() not in given]
+        for name, value in headers:
+            if name.lower() in skip or not _TOKEN.fullmatch(name) or _CONTROL.search(value):
+                continue
+            lines.append(f"{name}: {value}")
+        lines.append(f"Content-Type: {response.content_type}")
+        lines.append(f"Content-Length: {len(response.body)}")
+        lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
+        return data if head_only else data + response.body
 
     async def _write(
         self,
@@ -456,19 +818,14 @@ class HttpServer:
         keep_alive: bool,
         head_only: bool = False,
     ) -> None:
+        writer.write(self._encode(response, keep_alive=keep_alive, head_only=head_only))
+        await self._drain(writer)
+
+    async def _drain(self, writer: asyncio.StreamWriter) -> None:
+        """Flush, or cut off a client that does not read within ``write_timeout``."""
         try:
-            reason = HTTPStatus(response.status).phrase
-        except ValueError:
-            reason = "Unknown"
-        lines = [f"HTTP/1.1 {response.status} {reason}"]
-        skip = {"content-length", "connection", "content-type", "transfer-encoding"}
-        for name, value in response.headers.items():
-            if name.lower() in skip or "\r" in value or "\n" in value:
-                continue
-            lines.append(f"{name}: {value}")
-        lines.append(f"Content-Type: {response.content_type}")
-        lines.append(f"Content-Length: {len(response.body)}")
-        lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
-        data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
-        writer.write(data if head_only else data + response.body)
-        await writer.drain()
+            async with asyncio.timeout(self.write_timeout):
+                await writer.drain()
+        except TimeoutError as err:
+            writer.transport.abort()
+            raise ConnectionError("client did not read the response in time") from err

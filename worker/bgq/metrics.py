@@ -27,6 +27,8 @@ COUNTERS: dict[str, str] = {
     "retried": "Failed attempts scheduled for a retry",
     "dead": "Jobs this worker sent to the dead letters",
     "reclaimed": "Jobs this worker took over after another worker's lease expired",
+    "poison_pills": "Jobs this worker's fetches dead-lettered as poison pills (lease expired "
+    "max-deliveries times)",
     "cancelled": "Jobs cancelled on request",
     "stale_acks": "Completions rejected because the job had been reclaimed elsewhere",
     "lease_renewals": "Leases renewed",

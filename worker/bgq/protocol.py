@@ -27,7 +27,8 @@ BANDS = (0, 1, 2)
 PRIORITIES: dict[str, int] = {"high": 0, "normal": 1, "low": 2}
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
-_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+"""A DNS-1123 label; always used with ``fullmatch`` (``$`` would let a trailing newline in)."""
 
 
 class JobState(enum.StrEnum):
@@ -59,7 +60,7 @@ def _check_label(part: str, what: str, text: str) -> None:
         raise InvalidQueueName(
             f"queue name {text!r}: the {what} {part!r} is longer than 63 characters"
         )
-    if not _LABEL.match(part):
+    if not _LABEL.fullmatch(part):
         raise InvalidQueueName(
             f"queue name {text!r}: the {what} {part!r} is not a DNS-1123 label "
             "(lower-case letters, digits and '-', starting and ending with a letter or digit)"
@@ -177,14 +178,14 @@ class Envelope(BaseModel):
     unique_key: str | None = None
 
 
-_JOB_ID = re.compile(r"^[A-Za-z0-9._:@+=-]{1,200}$")
+_JOB_ID = re.compile(r"[A-Za-z0-9._:@+=-]{1,200}")  # used with fullmatch
 
 
 def check_job_id(job_id: str) -> str:
     """Validate a caller-supplied job id (it becomes part of a Redis key)."""
     from bgq.errors import ConfigError
 
-    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+    if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
         raise ConfigError(
             f"job id {job_id!r} is invalid: use 1-200 characters from A-Z a-z 0-9 . _ : @ + = -"
         )

@@ -14,7 +14,12 @@ from typing import Any
 import redis
 import redis.asyncio
 
-NAMES = ("enqueue", "fetch", "settle", "renew", "cancel", "orphans", "replay", "demand")
+from bgq.connection import AsyncRedis, SyncRedis
+
+NAMES = (
+    "enqueue", "fetch", "settle", "renew", "cancel", "orphans", "replay", "demand", "parked",
+    "delayed_page",
+)
 
 PRELUDE = "_finish"
 """``bgq/lua/_finish.lua``: final-state bookkeeping shared by :data:`WITH_PRELUDE`."""
@@ -38,7 +43,7 @@ class Script:
         self.text = source(name)
         self.sha = hashlib.sha1(self.text.encode()).hexdigest()  # Redis names scripts by SHA1
 
-    def run(self, client: redis.Redis, keys: list[str], args: list[Any]) -> Any:
+    def run(self, client: SyncRedis, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA on a sync client; on NOSCRIPT, SCRIPT LOAD and run again."""
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
@@ -46,7 +51,16 @@ class Script:
             client.script_load(self.text)
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
-    async def arun(self, client: redis.asyncio.Redis, keys: list[str], args: list[Any]) -> Any:
+    def pipe(self, pipeline: Any, keys: list[str], args: list[Any]) -> None:
+        """Queue an EVALSHA on a pipeline of any topology.
+
+        redis-py's cluster pipelines block the ``evalsha()`` method but route a raw
+        ``EVALSHA`` command by its first key's slot, so this is the one spelling that works on
+        standalone, Sentinel and Cluster pipelines alike.
+        """
+        pipeline.execute_command("EVALSHA", self.sha, len(keys), *keys, *args)
+
+    async def arun(self, client: AsyncRedis, keys: list[str], args: list[Any]) -> Any:
         """EVALSHA on an asyncio client; on NOSCRIPT, SCRIPT LOAD and run again."""
         try:
             return await client.evalsha(self.sha, len(keys), *keys, *args)
@@ -67,6 +81,8 @@ class Scripts:
         self.orphans = Script("orphans")
         self.replay = Script("replay")
         self.demand = Script("demand")
+        self.parked = Script("parked")
+        self.delayed_page = Script("delayed_page")
 
 
 SCRIPTS = Scripts()

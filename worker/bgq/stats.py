@@ -10,9 +10,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import redis
-import redis.asyncio
-
+from bgq.connection import AsyncRedis, SyncRedis
 from bgq.protocol import QueueName
 from bgq.scripts import SCRIPTS
 
@@ -107,7 +105,7 @@ def _queue(q: str | QueueName) -> QueueName:
 
 
 async def read_demand(
-    redis_client: redis.asyncio.Redis,
+    redis_client: AsyncRedis,
     queues: Iterable[str | QueueName],
     now_ms: int,
     due_window_ms: int = 0,
@@ -128,7 +126,7 @@ async def read_demand(
 
 
 def read_demand_sync(
-    redis_client: redis.Redis,
+    redis_client: SyncRedis,
     queues: Iterable[str | QueueName],
     now_ms: int,
     due_window_ms: int = 0,
@@ -139,14 +137,12 @@ def read_demand_sync(
         return {}
     pipe = redis_client.pipeline(transaction=False)
     for q in names:
-        pipe.execute_command("EVAL", *_args(q, now_ms, due_window_ms))  # type: ignore[no-untyped-call]
+        pipe.execute_command("EVAL", *_args(q, now_ms, due_window_ms))
     replies = pipe.execute()
     return {str(q): _parse(r) for q, r in zip(names, replies, strict=True)}
 
 
-async def read_workers(
-    redis_client: redis.asyncio.Redis, queue: str | QueueName
-) -> list[WorkerHeartbeat]:
+async def read_workers(redis_client: AsyncRedis, queue: str | QueueName) -> list[WorkerHeartbeat]:
     """The live heartbeat records of ``queue``'s workers (expired records are skipped)."""
     q = _queue(queue)
     keys = q.keys

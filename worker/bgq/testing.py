@@ -1,32 +1,28 @@
 """Helpers for tests that play the worker's part by hand (e.g. to hold a job in ``running``).
 
-They wrap the protocol scripts with their exact argument and reply formats, so tests of other
-components do not depend on those formats.
+They go through :mod:`bgq._calls`, the one owner of the protocol scripts' argument and reply
+formats, so tests of other components do not depend on those formats.
 """
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import redis
-
+from bgq._calls import (
+    CANCELLED,
+    RELEASE,
+    Dead,
+    Delivery,
+    Ok,
+    RetryAt,
+    SettleRecord,
+    ensure_groups_sync,
+    fetch_sync,
+    settle_sync,
+)
+from bgq.connection import SyncRedis
 from bgq.protocol import QueueName
-from bgq.scripts import SCRIPTS
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """A job handed to a consumer by the fetch script."""
-
-    job_id: str
-    band: int
-    entry: str
-    token: int
-    attempt: int
-    envelope: str
 
 
 def _queue(queue: str | QueueName) -> QueueName:
@@ -34,7 +30,7 @@ def _queue(queue: str | QueueName) -> QueueName:
 
 
 def fetch_jobs(
-    client: redis.Redis,
+    client: SyncRedis,
     queue: str | QueueName,
     consumer: str = "test:1",
     *,
@@ -44,39 +40,59 @@ def fetch_jobs(
 ) -> list[Delivery]:
     """Fetch up to ``count`` jobs as ``consumer`` (creating the consumer groups if needed)."""
     keys = _queue(queue).keys
-    for key in keys.ready:
-        try:
-            client.xgroup_create(key, "workers", id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-    now = int(time.time() * 1000)
-    reply = SCRIPTS.fetch.run(
+    ensure_groups_sync(client, keys)
+    reply = fetch_sync(
         client,
-        [keys.ready[1]],
-        [keys.prefix, consumer, count, now, lease_ms, max_deliveries, 86_400_000, 604_800_000],
+        keys,
+        consumer,
+        count,
+        int(time.time() * 1000),
+        lease_ms=lease_ms,
+        max_deliveries=max_deliveries,
+        result_ttl_ms=86_400_000,
+        dead_retention_ms=604_800_000,
     )
-    flat = json.loads(reply[2])
-    return [Delivery(*flat[i : i + 6]) for i in range(0, len(flat), 6)]
+    return reply.deliveries
+
+
+def record(op: str, a: Any = "", b: str = "", c: str = "") -> SettleRecord:
+    """A settle record from its wire form (docs/protocol.md): op ``ok`` (a = result JSON),
+    ``retry`` (a = due ms, b = error, c = traceback), ``dead`` (a = reason, b, c),
+    ``release`` or ``cancelled``."""
+    if op == "ok":
+        return Ok(str(a))
+    if op == "retry":
+        return RetryAt(int(a), b, c)
+    if op == "dead":
+        return Dead(str(a), b, c)
+    if op == "release":
+        return RELEASE
+    if op == "cancelled":
+        return CANCELLED
+    raise ValueError(f"unknown settle op {op!r}")
 
 
 def settle_jobs(
-    client: redis.Redis,
+    client: SyncRedis,
     queue: str | QueueName,
     records: list[tuple[str, Delivery, Any, str, str]],
     result_ttl_ms: int = 86_400_000,
 ) -> list[bool]:
-    """Settle deliveries: records of ``(op, delivery, a, b, c)`` (see docs/protocol.md);
+    """Settle deliveries: records of ``(op, delivery, a, b, c)`` (see :func:`record`);
     returns per record whether it was applied (False: stale, the job was reclaimed)."""
     keys = _queue(queue).keys
-    packed = [(op, d.job_id, d.band, d.entry, d.token, a, b, c) for op, d, a, b, c in records]
-    reply = SCRIPTS.settle.run(
-        client,
-        [keys.ready[1]],
-        [keys.prefix, int(time.time() * 1000), result_ttl_ms, 604_800_000, json.dumps(packed)],
+    typed = [(record(op, a, b, c), d) for op, d, a, b, c in records]
+    stale = set(
+        settle_sync(
+            client,
+            keys,
+            int(time.time() * 1000),
+            typed,
+            result_ttl_ms=result_ttl_ms,
+            dead_retention_ms=604_800_000,
+        )
     )
-    stale = {int(i) - 1 for i in reply[1:]}
     return [i not in stale for i in range(len(records))]
 
 
-__all__ = ["Delivery", "fetch_jobs", "settle_jobs"]
+__all__ = ["Delivery", "fetch_jobs", "record", "settle_jobs"]

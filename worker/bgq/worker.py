@@ -1,112 +1,66 @@
-"""The worker runtime: fetch in batches, run tasks, settle in coalesced batches, never lose a job.
+"""The worker: fetch in batches, run tasks, settle in coalesced batches, never lose a job.
 
-One asyncio loop per process drives everything:
+:class:`Worker` is a thin shell that composes the runtime's parts (``bgq._runtime``), each with
+one concern, around one asyncio loop per process:
 
-* the **fetcher** calls ``fetch.lua`` for as many jobs as there is room for (running slots plus a
-  prefetch buffer), and only when that returns nothing blocks in ``XREADGROUP ... BLOCK`` on a
-  dedicated connection;
-* **dispatch** starts fetched jobs while slots are free: ``async def`` on the loop, ``def`` in a
-  bounded thread pool, ``cpu_bound`` in a killable child process (``bgq.procrun``);
-* finished jobs append a record to the **settle buffer**; one flusher sends everything that
-  accumulated in ONE ``settle.lua`` call (natural batching: the busier, the bigger the batch);
-* the **keeper** renews every held lease in one ``renew.lua`` call each lease/3 (independent of
-  job code: CPU-bound work runs elsewhere), learns about lost leases and cancel requests, and
-  writes the heartbeat record every ``BGQ_HEARTBEAT_SECONDS`` and on idle<->busy changes.
+* the **fetcher** fetches as many jobs as there is room for and blocks only when idle;
+* the **executor** starts fetched jobs while slots are free (async on the loop, ``def`` in a
+  thread pool, ``cpu_bound`` in a killable child process) and turns each run into a settle
+  record with the pure ``decide_outcome``;
+* the **settle buffer** sends finished jobs' records in coalesced, fenced batches;
+* the **lease keeper** renews held leases and writes the heartbeat record;
+* the **drain** (SIGTERM/SIGINT) is a small state machine under one hard deadline below the
+  pod's grace period (``bgq._runtime.drain``).
 
-SIGTERM (or SIGINT) starts the drain: stop fetching; hand back fetched-but-unstarted jobs at
-once; tell running jobs (``current_job().shutdown_requested``); let them finish until
-``BGQ_DRAIN_SECONDS``; then cancel what is left and hand it back without consuming a retry;
-exit 0. A second signal skips to the deadline.
+Entry point: ``bgq worker MODULE --queue Q`` or ``python -m bgq.worker MODULE --queue Q``. The
+signal handler is installed before any heavy import, so a SIGTERM in a pod's first instant is
+honoured: the worker then fetches nothing and exits 0.
 """
 
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m bgq.worker: record SIGTERM before the heavy imports
+    from bgq._runtime import signals as _early_signals
+
+    _early_signals.capture()
+
 import argparse
 import asyncio
-import collections
+import atexit
 import contextlib
-import heapq
 import importlib
-import json
 import logging
 import os
-import signal
 import sys
-import threading
 import time
-import traceback
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextvars import Context, copy_context
 from typing import Any
 
 import redis
 import redis.asyncio
 
-from bgq.backoff import backoff_seconds
-from bgq.connection import async_client, redact
-from bgq.context import JobContext, ShutdownSignal, set_current
-from bgq.errors import BgqError, ConfigError, JobTimeout, Retry, UnknownTask
+from bgq._calls import Delivery, QueueCalls, RetryAt, SettleRecord, StopReason
+from bgq._runtime import signals
+from bgq._runtime.aio import bounded, stop_tasks, wait_event
+from bgq._runtime.drain import Drainer, ShutdownClock
+from bgq._runtime.executor import Executor
+from bgq._runtime.fetcher import Fetcher
+from bgq._runtime.jobs import Held, JobTable
+from bgq._runtime.keeper import LeaseKeeper, identity
+from bgq._runtime.outcome import RetryPolicy
+from bgq._runtime.probes import Probes
+from bgq._runtime.settler import SettleBuffer
+from bgq._version import __version__ as VERSION  # noqa: N812
+from bgq.connection import AsyncRedis, BlockingConnection, async_client, redact
+from bgq.context import ShutdownSignal
+from bgq.errors import BgqError, ConfigError
 from bgq.metrics import Metrics
-from bgq.procrun import ProcessRunner
-from bgq.protocol import GROUP, Envelope, QueueName
-from bgq.scripts import SCRIPTS
+from bgq.protocol import QueueName
 from bgq.settings import Settings
-from bgq.task import _REGISTRY as _TASKS
-from bgq.task import Task, lookup, registry
+from bgq.task import registry
 
 log = logging.getLogger("bgq.worker")
-
-VERSION = "0.1.0"
-MAX_BLOCK_MS = 1000
-"""Longest idle block: bounds how late an idle worker sees a delayed job become due."""
-BUSY_BLOCK_MS = 100
-"""Block while jobs run here: a retry they schedule is promoted within this time."""
-CANCEL_GRACE_SECONDS = 2.0
-"""At the drain deadline, how long cancelled jobs get to unwind before being handed back."""
-HB_MIN_SPACING = 0.1
-"""Least time between two heartbeat writes triggered by idle<->busy transitions."""
-SETTLE_CHUNK = 2000
-RENEW_CHUNK = 2000
-_REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-class Held:
-    """A job this worker holds: fetched (maybe not started) and not yet settled."""
-
-    __slots__ = (
-        "attempt",
-        "band",
-        "ctx",
-        "entry",
-        "env_raw",
-        "id",
-        "runner",
-        "started_ms",
-        "stop_reason",
-        "timeout",
-        "token",
-    )
-
-    def __init__(  # noqa: PLR0917 - hot path, built from a flat reply
-        self, job_id: str, band: int, entry: str, token: int, attempt: int, env: str
-    ) -> None:
-        self.id = job_id
-        self.band = band
-        self.entry = entry
-        self.token = token
-        self.attempt = attempt
-        self.env_raw = env
-        self.started_ms = 0
-        self.runner: asyncio.Task[None] | None = None
-        self.ctx: JobContext | None = None
-        self.stop_reason = ""
-        """Why the runner was cancelled: "drain", "lost", "cancel" or "timeout"."""
-        self.timeout = 0.0
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 class Worker:
@@ -118,68 +72,141 @@ class Worker:
         queue: QueueName,
         *,
         consumer: str | None = None,
-        redis_client: redis.asyncio.Redis | None = None,
+        redis_client: AsyncRedis | None = None,
     ) -> None:
-        self.settings = settings
+        s = self.settings = settings
         self.queue = queue
         self.keys = queue.keys
-        self.consumer = consumer or f"{settings.pod_name}:{os.getpid()}"
-        self.concurrency = settings.concurrency
-        prefetch = settings.prefetch if settings.prefetch is not None else settings.concurrency
+        self.consumer = consumer or f"{s.pod_name}:{os.getpid()}"
+        self.concurrency = s.concurrency
+        prefetch = s.prefetch if s.prefetch is not None else s.concurrency
         self.limit = self.concurrency + prefetch
-        self.lease_ms = int(settings.lease_seconds * 1000)
-        self.result_ttl_ms = settings.result_ttl_seconds * 1000
-        self.dead_retention_ms = settings.dead_retention_seconds * 1000
         self.queue_text = str(queue)
         self.metrics = Metrics(self.queue_text)
+        self.table = JobTable()
         self.metrics.gauge(
-            "jobs_in_flight", "Jobs fetched and not yet settled", lambda: len(self.held)
+            "jobs_in_flight", "Jobs fetched and not yet settled", lambda: len(self.table)
         )
-        self.metrics.gauge("jobs_running", "Jobs running now", lambda: self.running)
-        self._deadlines: list[tuple[float, int, Held]] = []
-        self._seq = 0
+        self.metrics.gauge("jobs_running", "Jobs running now", lambda: self.table.running)
         self.shutdown = ShutdownSignal()
-        self._redis_arg = redis_client
-        self.redis: redis.asyncio.Redis = redis_client  # type: ignore[assignment]
-        self._blocker: redis.asyncio.Redis | None = None
-        self._blocker_id: int | None = None
-        """CLIENT ID of the blocking connection, so a drain can CLIENT UNBLOCK it at once."""
-
-        self.held: dict[str, Held] = {}
-        self.backlog: collections.deque[Held] = collections.deque()
-        self.running = 0
+        self._own_redis = redis_client is None
+        # redis-py's own client of the configured topology (BGQ_REDIS_MODE): cluster clients
+        # route every call of this queue to the node of its hash tag and follow MOVED/ASK
+        self.redis: AsyncRedis = redis_client or async_client(s.redis, max_connections=32)
+        self._blocker = BlockingConnection(self.redis, self.keys.ready[1])
+        self.calls = QueueCalls(
+            self.redis,
+            self.keys,
+            self.consumer,
+            lease_ms=int(s.lease_seconds * 1000),
+            max_deliveries=s.max_deliveries,
+            result_ttl_ms=s.result_ttl_seconds * 1000,
+            dead_retention_ms=s.dead_retention_seconds * 1000,
+        )
+        self.settler = SettleBuffer(self.calls, self.metrics)
+        self.fetcher = Fetcher(
+            self.calls,
+            self._blocker,
+            self.settler,
+            self.metrics,
+            concurrency=self.concurrency,
+            limit=self.limit,
+            held=lambda: len(self.table),
+            running=lambda: self.table.running,
+            on_fetched=self._fetched,
+            checkpoints=self.table.checkpoints,
+        )
+        self.executor = Executor(
+            self.table,
+            self.settler,
+            self.metrics,
+            self.shutdown,
+            queue=self.queue_text,
+            concurrency=self.concurrency,
+            default_timeout=s.default_timeout_seconds,
+            default_retries=s.default_max_retries,
+            retry_policy=RetryPolicy(s.backoff_base_seconds, s.backoff_max_seconds),
+            thread_pool_size=s.thread_pool_size,
+            process_pool_size=s.process_pool_size,
+            on_finished=self._finished,
+            on_dispatched=self._dispatched,
+            pod=s.pod_name,
+        )
+        self.keeper = LeaseKeeper(
+            self.calls,
+            self.table,
+            self.metrics,
+            lease_seconds=s.lease_seconds,
+            heartbeat_seconds=s.heartbeat_seconds,
+            identity=identity(s.pod_name, self.concurrency, VERSION),
+            stop_job=self.executor.stop,
+            state=self._state_name,
+        )
+        self.executor.flush_progress = self.keeper.flush_progress
+        self.probes = Probes(
+            max_lag_seconds=s.livez_max_lag_seconds,
+            ready=lambda: self.ready,
+            draining=lambda: self.draining,
+            render_metrics=self.metrics.render,
+        )
         self.ready = False
         self.draining = False
+        self.drainer: Drainer | None = None
         self._stop_requested_at: float | None = None
-        self._settle_buf: list[tuple[Any, ...]] = []
-        self._last_tick = time.monotonic()
-        self._state = "idle"
-        self._threads: ThreadPoolExecutor | None = None
-        self._procs: ProcessRunner | None = None
-        self._adopt: list[Any] = []
-        self._settle_failures = 0
-        self._settle_inflight = 0
-        self._debug = log.isEnabledFor(logging.DEBUG)
-        """Per-job debug logs only when enabled (the check is hoisted off the hot path)."""
-        self._local_due = 0
-        """Earliest due time of a retry this worker scheduled (its settle may still be queued)."""
+        self._busy = False
         self._stop = asyncio.Event()
         self._force = asyncio.Event()
-        self._space = asyncio.Event()
-        self._settle_wake = asyncio.Event()
-        self._settle_idle = asyncio.Event()
-        self._settle_idle.set()
-        self._hb_wake = asyncio.Event()
+        self._finished_event = asyncio.Event()
 
-    # ---------------------------------------------------------------------------- lifecycle
+    # ------------------------------------------------------------------------- state
 
-    def request_stop(self) -> None:
-        """First call: start draining. Second call: skip to the drain deadline."""
+    @property
+    def running(self) -> int:
+        """Jobs running now."""
+        return self.table.running
+
+    @property
+    def held(self) -> dict[str, Held]:
+        """Jobs fetched and not yet settled, by id."""
+        return self.table.held
+
+    @property
+    def http_port(self) -> int | None:
+        """The port the probes are served on (None: not serving)."""
+        return self.probes.port
+
+    def _state_name(self) -> str:
+        if self.draining:
+            return "draining"
+        return "busy" if self.table.held else "idle"
+
+    def _fetched(self, deliveries: list[Delivery]) -> None:
+        for old in self.table.admit(deliveries):
+            self.executor.stop(old)
+        self.executor.dispatch()
+
+    def _dispatched(self) -> None:
+        busy = bool(self.table.held)
+        if busy != self._busy and not self.draining:
+            self._busy = busy
+            self.keeper.wake.set()
+
+    def _finished(self, h: Held, record: SettleRecord | None) -> None:
+        if isinstance(record, RetryAt):
+            self.fetcher.note_retry(record.due_ms)
+        self.fetcher.space.set()
+        self._finished_event.set()
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    def request_stop(self, at: float | None = None) -> None:
+        """First call: start draining (``at``: when the request arrived, monotonic). Second
+        call: skip to the drain deadline."""
         if self._stop_requested_at is None:
-            self._stop_requested_at = time.monotonic()
+            self._stop_requested_at = at if at is not None else time.monotonic()
             log.info(
                 "shutdown requested: draining",
-                extra={"drain_seconds": self.settings.drain_seconds, "held": len(self.held)},
+                extra={"drain_seconds": self.settings.drain_seconds, "held": len(self.table)},
             )
             self._stop.set()
         else:
@@ -190,80 +217,72 @@ class Worker:
         """Run until :meth:`request_stop` (or SIGTERM/SIGINT with ``install_signals``)."""
         loop = asyncio.get_running_loop()
         self.shutdown.bind()
-        s = self.settings
-        http = await self._start_http()  # first: a bad port fails before anything is opened
         if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.request_stop)
-        if self.redis is None:
-            self.redis = async_client(
-                s.redis_url, s.redis_password, s.redis_tls_ca_file, max_connections=32
-            )
-        self._blocker = async_client(
-            s.redis_url, s.redis_password, s.redis_tls_ca_file, single_connection_client=True
-        )
-        self._threads = ThreadPoolExecutor(
-            max_workers=s.thread_pool_size or self.concurrency, thread_name_prefix="bgq-task"
-        )
-        self._procs = ProcessRunner(s.process_pool_size or os.cpu_count() or 1)
-        background = [
-            asyncio.create_task(self._ticker(), name="bgq-ticker"),
-            asyncio.create_task(self._settler(), name="bgq-settler"),
-            asyncio.create_task(self._keeper(), name="bgq-keeper"),
-        ]
+            for at in signals.bind(loop.add_signal_handler, self.request_stop):
+                self.request_stop(at)
+        background: list[asyncio.Task[Any]] = []
         fetcher: asyncio.Task[None] | None = None
         try:
-            if await self._connect():
+            # a bad explicit port fails before anything is opened
+            await self.probes.start(self.settings.http_port)
+            self.executor.open()
+            background = [
+                asyncio.create_task(self._ticker(), name="bgq-ticker"),
+                asyncio.create_task(self.settler.run(), name="bgq-settler"),
+                asyncio.create_task(self.keeper.run(), name="bgq-keeper"),
+            ]
+            if await self._connect_unless_stopped():
                 self.ready = True
                 log.info(
                     "worker started",
                     extra={
-                        "queue": str(self.queue),
+                        "queue": self.queue_text,
                         "consumer": self.consumer,
                         "concurrency": self.concurrency,
-                        "redis": redact(s.redis_url),
+                        "redis": redact(self.settings.redis_url),
                         "version": VERSION,
                         "tasks": sorted(registry()),
                     },
                 )
-                fetcher = asyncio.create_task(self._fetcher(), name="bgq-fetcher")
+                fetcher = asyncio.create_task(self.fetcher.run(), name="bgq-fetcher")
                 await self._stop.wait()
             await self._drain(fetcher)
         finally:
-            self.ready = False
-            for t in background:
-                t.cancel()
-            await asyncio.gather(*background, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await self._remove_heartbeat()
-            if http is not None:
-                await http.stop()
-            self._threads.shutdown(wait=False, cancel_futures=True)
-            await self._blocker.aclose()
-            if self._redis_arg is None:
-                await self.redis.aclose()
+            await self._teardown(background)
             if install_signals:
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.remove_signal_handler(sig)
+                signals.release(loop.remove_signal_handler)
         log.info("worker stopped")
         return 0
 
+    async def _connect_unless_stopped(self) -> bool:
+        """Connect (retrying while Redis is down); give up at once when a stop arrives."""
+        if self._stop.is_set():
+            return False
+        connect = asyncio.create_task(self._connect(), name="bgq-connect")
+        stop = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({connect, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+        if connect.done():
+            return connect.result()
+        await stop_tasks([connect], 0.5)
+        return False
+
     async def _connect(self) -> bool:
-        """Create the consumer groups; retry while Redis is down unless a stop comes first."""
         delay = 0.2
         while not self._stop.is_set():
             try:
                 await self._check_server()
-                await self._ensure_groups()
-                await self._load_scripts()
+                await self.calls.ensure_groups()
+                await self.calls.load_scripts()
                 return True
-            except _REDIS_ERRORS as exc:
+            except REDIS_ERRORS as exc:
                 log.warning(
                     "redis unavailable, retrying",
                     extra={"redis": redact(self.settings.redis_url), "error": str(exc)},
                 )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), delay)
+            await wait_event(self._stop, delay)
             delay = min(delay * 2, 5.0)
         return False
 
@@ -277,660 +296,56 @@ class Worker:
                 "Redis >= 7.0 (XAUTOCLAIM, XINFO GROUPS lag)"
             )
 
-    async def _ensure_groups(self) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for key in self.keys.ready:
-            pipe.xgroup_create(key, GROUP, id="0", mkstream=True)
-        for r in await pipe.execute(raise_on_error=False):
-            if isinstance(r, Exception) and "BUSYGROUP" not in str(r):
-                raise r
-
-    async def _start_http(self) -> Any:
-        if not self.settings.http_port:
-            return None
-        from bgq.httpserver import HttpServer, Request, Response
-
-        server = HttpServer("0.0.0.0", self.settings.http_port)
-        max_lag = self.settings.livez_max_lag_seconds
-
-        async def livez(_: Request) -> Response:
-            lag = time.monotonic() - self._last_tick
-            if lag > max_lag:
-                return Response(503, f"event loop blocked for {lag:.1f} s\n".encode())
-            return Response(200, b"ok\n")
-
-        async def readyz(_: Request) -> Response:
-            if self.ready and not self.draining:
-                return Response(200, b"ready\n")
-            return Response(503, b"draining\n" if self.draining else b"not ready\n")
-
-        async def metrics(_: Request) -> Response:
-            return Response(200, self.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
-
-        server.route("GET", "/livez", livez)
-        server.route("GET", "/readyz", readyz)
-        server.route("GET", "/metrics", metrics)
-        try:
-            await server.start()
-        except OSError as exc:
-            raise ConfigError(
-                f"cannot serve probes and metrics on port {self.settings.http_port}: {exc} "
-                "(set BGQ_HTTP_PORT to a free port, or 0 to disable)"
-            ) from exc
-        self.http_port = server.port
-        return server
-
     async def _ticker(self) -> None:
         """Marks the loop alive (/livez fails when this stops running) and enforces job
         timeouts (50 ms resolution)."""
         while True:
-            self._last_tick = time.monotonic()
-            if self._deadlines:
-                self._sweep_timeouts()
+            self.probes.tick()
+            self.executor.sweep_timeouts()
             await asyncio.sleep(0.05)
 
-    # ---------------------------------------------------------------------------- fetch
-
-    async def _fetcher(self) -> None:
-        delay = 0.1
-        while not self.draining:
-            room = self.limit - len(self.held)
-            # batch: with every slot busy or spoken for, wait until half the room is free
-            if room <= 0 or (len(self.held) >= self.concurrency and room < self.limit // 2):
-                self._space.clear()
-                await self._space.wait()
-                continue
-            try:
-                got, next_due = await self._fetch(room)
-                delay = 0.1
-                if got == 0:
-                    await self._block(room, next_due)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # never let the fetcher die: log, back off, go on
-                self.metrics.counts["redis_errors"] += 1
-                log.warning(
-                    "fetch failed, retrying",
-                    extra={"error": f"{type(exc).__name__}: {exc}"},
-                    exc_info=not isinstance(exc, (*_REDIS_ERRORS, redis.ResponseError)),
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                if isinstance(exc, redis.ResponseError) and "NOGROUP" in str(exc):
-                    with contextlib.suppress(*_REDIS_ERRORS, redis.ResponseError):
-                        await self._ensure_groups()
-
-    async def _fetch(self, room: int) -> tuple[int, int]:
-        s = self.settings
-        adopt, self._adopt = self._adopt, []
-        now = _now_ms()
-        fetch_args = [
-            self.keys.prefix,
-            self.consumer,
-            room,
-            now,
-            self.lease_ms,
-            s.max_deliveries,
-            self.result_ttl_ms,
-            self.dead_retention_ms,
-            *adopt,
-        ]
-        if not self._settle_buf:
-            settled = self._settle_idle.is_set()
-            reply = await SCRIPTS.fetch.arun(self.redis, [self.keys.ready[1]], fetch_args)
-        else:
-            # completions waiting: send them in the same round trip as the fetch
-            settled = not self._settle_inflight and len(self._settle_buf) <= SETTLE_CHUNK
-            reply = await self._settle_and_fetch(fetch_args)
-        n = int(reply[1])
-        if self._local_due and settled and self._local_due <= now:
-            self._local_due = 0  # this fetch promoted it
-        self.metrics.counts["reclaimed"] += int(reply[3])
-        if n:
-            held = self.held
-            backlog = self.backlog
-            flat = json.loads(reply[2])
-            for i in range(0, 6 * n, 6):
-                h = Held(*flat[i : i + 6])
-                old = held.get(h.id)
-                if old is not None:  # reclaimed our own job after a stall: newest token wins
-                    old.stop_reason = "lost"
-                    if old.runner is not None:
-                        old.runner.cancel()
-                held[h.id] = h
-                backlog.append(h)
-            self._dispatch()
-        return n, int(reply[0])
-
-    async def _settle_and_fetch(self, fetch_args: list[Any]) -> Any:
-        """One pipelined round trip: EVALSHA settle (the buffered completions), EVALSHA fetch."""
-        chunk = self._take_settle()
-        route = [self.keys.ready[1]]
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.evalsha(SCRIPTS.settle.sha, 1, *route, *self._settle_args(chunk))
-        pipe.evalsha(SCRIPTS.fetch.sha, 1, *route, *fetch_args)
-        try:
-            settle_reply, fetch_reply = await pipe.execute(raise_on_error=False)
-        except BaseException:
-            self._settle_done(chunk, None)
-            raise
-        if isinstance(settle_reply, Exception):
-            self._settle_done(chunk, None)
-            self._settle_wake.set()
-        else:
-            self._settle_done(chunk, settle_reply)
-        for r in (settle_reply, fetch_reply):
-            if isinstance(r, redis.exceptions.NoScriptError):
-                await self._load_scripts()
-        if isinstance(fetch_reply, Exception):
-            raise fetch_reply
-        return fetch_reply
-
-    async def _load_scripts(self) -> None:
-        for script in (SCRIPTS.fetch, SCRIPTS.settle, SCRIPTS.renew, SCRIPTS.orphans):
-            await self.redis.script_load(script.text)
-
-    async def _block(self, room: int, next_due: int) -> None:
-        """Nothing to fetch: block on the streams until an entry arrives or a delayed job is
-        due (at most MAX_BLOCK_MS, so expired leases of dead workers are reclaimed; at most
-        BUSY_BLOCK_MS while own jobs run, so retries they schedule start on time)."""
-        block = BUSY_BLOCK_MS if self.running else MAX_BLOCK_MS
-        now = _now_ms()
-        for due in (next_due, self._local_due):
-            if due > 0:
-                block = max(1, min(block, due - now))
-        assert self._blocker is not None
-        if self._blocker_id is None:
-            self._blocker_id = int(await self._blocker.client_id())
-        try:
-            reply: Any = await self._blocker.xreadgroup(
-                GROUP,
-                self.consumer,
-                dict.fromkeys(self.keys.ready, ">"),
-                count=room,
-                block=block,
-            )
-        except BaseException:
-            self._blocker_id = None  # the connection may be replaced
-            raise
-        for stream, entries in reply or []:
-            band = self.keys.ready.index(stream)
-            for entry_id, _ in entries:
-                self._adopt += [band, entry_id]
-
-    # ---------------------------------------------------------------------------- run
-
-    def _dispatch(self) -> None:
-        backlog = self.backlog
-        while backlog and self.running < self.concurrency and not self.draining:
-            h = backlog.popleft()
-            if h.stop_reason:
-                continue
-            self.running += 1
-            h.runner = asyncio.create_task(self._run(h))
-        busy = bool(self.held)
-        if busy != (self._state == "busy") and not self.draining:
-            self._state = "busy" if busy else "idle"
-            self._hb_wake.set()
-
-    async def _run(self, h: Held) -> None:
-        """Run one fetched job and queue its settle record. Kept lean: this is per job."""
-        m = self.metrics
-        counts = m.counts
-        try:
-            try:
-                env = _validate_envelope(h.env_raw)
-            except ValueError as exc:
-                counts["failed"] += 1
-                counts["dead"] += 1
-                self._settle(h, "dead", "malformed-envelope", f"invalid job envelope: {exc}", "")
-                return
-            task = _TASKS.get(env.task)
-            if task is None:
-                try:
-                    task = lookup(env.task)
-                except UnknownTask as exc:
-                    counts["failed"] += 1
-                    counts["dead"] += 1
-                    log.error("job dead-lettered", extra={"reason": "unknown-task"})
-                    self._settle(h, "dead", "unknown-task", str(exc), "")
-                    return
-            s = self.settings
-            max_retries = env.max_retries
-            if max_retries is None:
-                max_retries = task.retries if task.retries is not None else s.default_max_retries
-            h.timeout = env.timeout or task.timeout or s.default_timeout_seconds
-            ctx = JobContext(
-                h.id,
-                self.queue_text,
-                env.task,
-                h.attempt,
-                max_retries,
-                env.headers,
-                env.enqueued_at,
-                self.shutdown,
-            )
-            h.ctx = ctx
-            set_current(ctx)
-            now = time.time()
-            h.started_ms = int(now * 1000)
-            counts["started"] += 1
-            m.queue_wait.observe(now - env.enqueued_at / 1000)
-            t0 = time.perf_counter()
-            try:
-                if task.is_async:
-                    self._seq += 1
-                    heapq.heappush(self._deadlines, (t0 + h.timeout, self._seq, h))
-                    result = await task.fn(*env.args, **env.kwargs)
-                elif task.cpu_bound:
-                    result = await self._run_process(task, env, ctx, h.timeout)
-                else:
-                    self._seq += 1
-                    heapq.heappush(self._deadlines, (t0 + h.timeout, self._seq, h))
-                    result = await asyncio.get_running_loop().run_in_executor(
-                        self._threads, _call_in_context, copy_context(), task.fn, env
-                    )
-            except asyncio.CancelledError:
-                self._stopped(h, task, ctx)
-                return
-            except Exception as exc:
-                m.run_time.observe(time.perf_counter() - t0)
-                self._failed(h, task, ctx, exc)
-                return
-            m.run_time.observe(time.perf_counter() - t0)
-            try:
-                text = "null" if result is None else _dump_json(result)
-            except (TypeError, ValueError) as exc:
-                counts["failed"] += 1
-                counts["dead"] += 1
-                error = f"the result of task {env.task!r} is not JSON-serialisable: {exc}"
-                log.error("job dead-lettered", extra={"reason": "result-not-serialisable"})
-                self._settle(h, "dead", "result-not-serialisable", error, "")
-                return
-            counts["succeeded"] += 1
-            if self.draining:
-                m.drain["completed"] += 1
-            if self._debug:
-                log.debug("job succeeded", extra={"seconds": round(time.perf_counter() - t0, 6)})
-            self._settle(h, "ok", text, "", "")
-        finally:
-            self.running -= 1
-            set_current(None)
-            self._dispatch()
-
-    async def _run_process(
-        self, task: Task[Any, Any], env: Envelope, ctx: JobContext, limit: float
-    ) -> Any:
-        assert self._procs is not None
-        fields = {
-            "job_id": ctx.job_id,
-            "queue": ctx.queue,
-            "task": ctx.task,
-            "attempt": ctx.attempt,
-            "max_retries": ctx.max_retries,
-            "headers": ctx.headers,
-            "enqueued_ms": ctx.enqueued_ms,
-        }
-        try:
-            return await self._procs.run(
-                module=task.fn.__module__,
-                name=task.task_name,
-                args=env.args,
-                kwargs=env.kwargs,
-                ctx_fields=fields,
-                time_limit=limit,
-            )
-        except TimeoutError:
-            raise JobTimeout(
-                f"task {env.task!r} exceeded its timeout of {limit} s; its process was killed"
-            ) from None
-
-    def _sweep_timeouts(self) -> None:
-        """Cancel async/thread jobs past their timeout (one heap instead of a timer per job)."""
-        heap = self._deadlines
-        now = time.perf_counter()
-        while heap and heap[0][0] <= now:
-            _, _, h = heapq.heappop(heap)
-            runner = h.runner
-            if runner is not None and not runner.done() and not h.stop_reason:
-                h.stop_reason = "timeout"
-                if h.ctx is not None:
-                    h.ctx.request_cancel()
-                runner.cancel()
-
-    def _failed(self, h: Held, task: Task[Any, Any], ctx: JobContext, exc: BaseException) -> None:
-        counts = self.metrics.counts
-        counts["failed"] += 1
-        error = f"{type(exc).__name__}: {exc}"
-        tb = getattr(exc, "__bgq_remote_traceback__", None) or "".join(
-            traceback.format_exception(exc)
-        )
-        retryable = isinstance(exc, (Retry, JobTimeout, *task.retry_on))
-        retry = retryable and h.attempt <= ctx.max_retries
-        if retry:
-            s = self.settings
-            if isinstance(exc, Retry) and exc.delay is not None:
-                delay = exc.delay
-            else:
-                delay = backoff_seconds(h.attempt, s.backoff_base_seconds, s.backoff_max_seconds)
-            counts["retried"] += 1
-            log.warning(
-                "job failed, retrying",
-                extra={"error": error, "retry_in_seconds": round(delay, 3)},
-            )
-            due = _now_ms() + int(delay * 1000)
-            self._local_due = min(self._local_due or due, due)
-            self._settle(h, "retry", due, error, tb)
-        else:
-            reason = "retries-exhausted" if retryable else "not-retryable"
-            counts["dead"] += 1
-            log.error("job dead-lettered", extra={"reason": reason, "error": error})
-            self._settle(h, "dead", reason, error, tb)
-
-    def _stopped(self, h: Held, task: Task[Any, Any], ctx: JobContext) -> None:
-        """The runner was cancelled on purpose; settle according to why."""
-        reason = h.stop_reason
-        if reason == "timeout":
-            exc = JobTimeout(f"task {ctx.task!r} exceeded its timeout of {h.timeout} s")
-            if not task.is_async:
-                exc = JobTimeout(
-                    f"task {ctx.task!r} exceeded its timeout of {h.timeout} s (its thread was "
-                    "abandoned; it can stop early by checking current_job().cancel_requested)"
-                )
-            self._failed(h, task, ctx, exc)
-        elif reason == "cancel":
-            self.metrics.counts["cancelled"] += 1
-            self._settle(h, "cancelled", "", "", "")
-        elif reason == "lost":
-            if self.held.get(h.id) is h:
-                del self.held[h.id]
-        else:  # drain deadline: hand back without consuming a retry
-            self.metrics.drain["released_deadline"] += 1
-            self._settle(h, "release", "", "", "")
-
-    def _settle(self, h: Held, op: str, a: Any, b: str, c: str) -> None:
-        if self.held.get(h.id) is h:
-            del self.held[h.id]
-        self._settle_buf.append((op, h.id, h.band, h.entry, h.token, a, b, c))
-        self._settle_wake.set()
-        self._settle_idle.clear()
-        self._space.set()
-
-    # ---------------------------------------------------------------------------- settle
-
-    async def _settler(self) -> None:
-        while True:
-            await self._settle_wake.wait()
-            self._settle_wake.clear()
-            # one loop turn first: a fetcher woken by the same completions takes the records
-            # along with its fetch (one round trip for both). Otherwise settle on this
-            # connection, overlapping with the fetch in flight (measured faster than waiting
-            # for the fetch to carry them).
-            await asyncio.sleep(0)
-            await self._flush()
-
-    def _settle_args(self, chunk: list[tuple[Any, ...]]) -> list[Any]:
-        return [
-            self.keys.prefix,
-            _now_ms(),
-            self.result_ttl_ms,
-            self.dead_retention_ms,
-            json.dumps(chunk, separators=(",", ":")),
-        ]
-
-    def _take_settle(self) -> list[tuple[Any, ...]]:
-        """Move up to SETTLE_CHUNK records from the buffer into flight."""
-        chunk = self._settle_buf[:SETTLE_CHUNK]
-        del self._settle_buf[:SETTLE_CHUNK]
-        self._settle_inflight += 1
-        return chunk
-
-    def _settle_done(self, chunk: list[tuple[Any, ...]], reply: Any) -> None:
-        """Account for a settle call: ``reply`` None means it failed (records go back)."""
-        self._settle_inflight -= 1
-        if reply is None:
-            self._settle_buf[:0] = chunk
-        else:
-            stale = len(reply) - 1
-            if stale:
-                self.metrics.counts["stale_acks"] += stale
-                log.warning("completions rejected: jobs were reclaimed", extra={"count": stale})
-        if not self._settle_buf and not self._settle_inflight:
-            self._settle_idle.set()
-
-    async def _flush(self) -> None:
-        """Send every buffered settle record; retried while Redis is down (jobs are held by
-        their leases meanwhile: nothing is lost, at worst a job runs again). Re-sending a
-        record that did apply is harmless: the fencing rejects it as stale."""
-        delay = 0.1
-        while self._settle_buf:
-            chunk = self._take_settle()
-            try:
-                reply = await SCRIPTS.settle.arun(
-                    self.redis, [self.keys.ready[1]], self._settle_args(chunk)
-                )
-            except Exception as exc:  # keep the records and retry: they are the completions
-                self._settle_done(chunk, None)
-                self.metrics.counts["redis_errors"] += 1
-                self._settle_failures += 1
-                log.warning(
-                    "settle failed, retrying",
-                    extra={"error": f"{type(exc).__name__}: {exc}"},
-                    exc_info=not isinstance(exc, _REDIS_ERRORS),
-                )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-                continue
-            self._settle_done(chunk, reply)
-
-    # ---------------------------------------------------------------------------- keeper
-
-    async def _keeper(self) -> None:
-        """Lease renewal (every lease/3) and heartbeat record (every heartbeat interval and on
-        idle<->busy changes), on the loop, independent of job code."""
-        s = self.settings
-        renew_every = s.lease_seconds / 3
-        next_renew = time.monotonic() + renew_every
-        next_hb = 0.0
-        last_hb = -1.0
-        while True:
-            now = time.monotonic()
-            try:
-                # transitions are written at once, but at most every HB_MIN_SPACING seconds
-                if now >= next_hb or (
-                    self._hb_wake.is_set() and now - last_hb >= HB_MIN_SPACING
-                ):
-                    self._hb_wake.clear()
-                    await self._write_heartbeat()
-                    last_hb = now
-                    next_hb = now + s.heartbeat_seconds
-                if now >= next_renew:
-                    await self._renew()
-                    next_renew = now + renew_every
-            except Exception as exc:
-                self.metrics.counts["redis_errors"] += 1
-                log.warning(
-                    "heartbeat/renewal failed, retrying",
-                    extra={"error": f"{type(exc).__name__}: {exc}"},
-                    exc_info=not isinstance(exc, _REDIS_ERRORS),
-                )
-                next_hb = now + 0.5
-            timeout = max(0.01, min(next_hb, next_renew) - time.monotonic())
-            if self._hb_wake.is_set():  # a transition waits for the spacing
-                await asyncio.sleep(min(timeout, max(0.01, last_hb + HB_MIN_SPACING - now)))
-                continue
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._hb_wake.wait(), timeout)
-
-    async def _renew(self) -> None:
-        held = list(self.held.values())
-        for i in range(0, len(held), RENEW_CHUNK):
-            part = held[i : i + RENEW_CHUNK]
-            args: list[Any] = [self.keys.prefix, self.consumer]
-            for h in part:
-                args += (h.id, h.band, h.entry, h.token)
-            res = await SCRIPTS.renew.arun(self.redis, [self.keys.ready[1]], args)
-            for h, status in zip(part, res, strict=True):
-                if status == 1 or self.held.get(h.id) is not h:
-                    continue  # renewed, or settled while the renewal was in flight
-                if status == 2:
-                    if not h.stop_reason:
-                        h.stop_reason = "cancel"
-                        log.info("cancel requested", extra={"job_id": h.id})
-                        self._stop_job(h)
-                else:
-                    self.metrics.counts["leases_lost"] += 1
-                    log.warning("lease lost: job was reclaimed elsewhere", extra={"job_id": h.id})
-                    h.stop_reason = "lost"
-                    del self.held[h.id]
-                    self._stop_job(h)
-            self.metrics.counts["lease_renewals"] += len(part)
-        self._space.set()
-
-    def _stop_job(self, h: Held) -> None:
-        if h.ctx is not None:
-            h.ctx.request_cancel()
-        if h.runner is not None:
-            h.runner.cancel()
-        elif h.stop_reason == "cancel":
-            with contextlib.suppress(ValueError):
-                self.backlog.remove(h)
-            self.metrics.counts["cancelled"] += 1
-            self._settle(h, "cancelled", "", "", "")
-        else:
-            with contextlib.suppress(ValueError):
-                self.backlog.remove(h)
-
-    def heartbeat_fields(self) -> dict[str, Any]:
-        """The heartbeat record (docs/design.md)."""
-        started = [h.started_ms for h in self.held.values() if h.started_ms]
-        state = "draining" if self.draining else ("busy" if self.held else "idle")
-        return {
-            "pod": self.settings.pod_name,
-            "pid": os.getpid(),
-            "state": state,
-            "in_flight": len(self.held),
-            "oldest_started_ms": min(started) if started else 0,
-            "heartbeat_ms": _now_ms(),
-            "concurrency": self.concurrency,
-            "version": VERSION,
-        }
-
-    async def _write_heartbeat(self) -> None:
-        fields: dict[Any, Any] = self.heartbeat_fields()
-        key = self.keys.worker(self.consumer)
-        ttl_ms = int(self.settings.heartbeat_seconds * 3000)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=fields)
-        pipe.pexpire(key, ttl_ms)
-        pipe.zadd(self.keys.workers, {self.consumer: fields["heartbeat_ms"]})
-        pipe.zremrangebyscore(self.keys.workers, "-inf", fields["heartbeat_ms"] - 10 * ttl_ms)
-        await pipe.execute()
-
-    async def _remove_heartbeat(self) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.delete(self.keys.worker(self.consumer))
-        pipe.zrem(self.keys.workers, self.consumer)
-        await pipe.execute()
-
-    # ---------------------------------------------------------------------------- drain
-
     async def _drain(self, fetcher: asyncio.Task[None] | None) -> None:
-        m = self.metrics
         self.draining = True
         self.shutdown.set()
-        self._hb_wake.set()
-        if fetcher is not None:
-            # The fetcher sees `draining` after its current call; a blocking read lasts at most
-            # MAX_BLOCK_MS (redis-py does not abort a blocked command on cancellation). Entries
-            # it was delivered meanwhile are handed back by the orphans step below.
-            self._space.set()
-            await asyncio.wait([fetcher], timeout=0.01)
-            if not fetcher.done() and self._blocker_id is not None:
-                with contextlib.suppress(*_REDIS_ERRORS, redis.ResponseError):
-                    await self.redis.client_unblock(self._blocker_id)
-            await asyncio.wait([fetcher], timeout=MAX_BLOCK_MS / 1000 + 2)
-            if not fetcher.done():
-                fetcher.cancel()
-                await asyncio.wait([fetcher], timeout=1)
-        # hand back fetched-but-unstarted jobs at once
-        unstarted = [h for h in self.backlog if not h.stop_reason]
-        self.backlog.clear()
-        for h in unstarted:
-            self._settle(h, "release", "", "", "")
-        m.drain["released_unstarted"] += len(unstarted)
-        await self._flush_now()
-        await self._release_orphans(final=False)
-        if unstarted:
-            log.info("handed back unstarted jobs", extra={"count": len(unstarted)})
-        # let running jobs finish until the deadline (or a second signal)
-        started_at = self._stop_requested_at or time.monotonic()
-        deadline = started_at + self.settings.drain_seconds
-        while self.running and not self._force.is_set():
-            left = deadline - time.monotonic()
-            if left <= 0:
-                break
-            self._space.clear()
-            waiters = [
-                asyncio.ensure_future(self._space.wait()),
-                asyncio.ensure_future(self._force.wait()),
-            ]
-            await asyncio.wait(waiters, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-            for w in waiters:
-                w.cancel()
-        # deadline: cancel what is left and hand it back without consuming a retry
-        runners = [h.runner for h in self.held.values() if h.runner is not None]
-        if runners:
-            log.warning(
-                "drain deadline: handing back unfinished jobs", extra={"count": len(runners)}
-            )
-            for h in list(self.held.values()):
-                if not h.stop_reason:
-                    h.stop_reason = "drain"
-                self._stop_job(h)
-            await asyncio.wait(runners, timeout=CANCEL_GRACE_SECONDS)
-        await self._flush_now()
-        # last: hand back whatever is still pending for this consumer, including a job whose
-        # code ignored cancellation (its late completion is then rejected by the fencing)
-        await self._release_orphans(final=True)
+        self.keeper.wake.set()
+        self.drainer = Drainer(
+            self._clock(),
+            table=self.table,
+            fetcher=self.fetcher,
+            fetcher_task=fetcher,
+            executor=self.executor,
+            settler=self.settler,
+            calls=self.calls,
+            metrics=self.metrics,
+            forced=self._force,
+            finished=self._finished_event,
+        )
+        await self.drainer.run()
 
-    async def _flush_now(self) -> None:
-        if self._settle_buf:
-            self._settle_wake.set()
-        deadline = time.monotonic() + max(5.0, self.settings.drain_seconds)
-        while not self._settle_idle.is_set() or self._settle_buf:
-            if time.monotonic() > deadline:
-                log.error("could not settle all jobs before exit; their leases will expire")
-                return
-            self._settle_wake.set()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._settle_idle.wait(), 0.5)
+    def _clock(self) -> ShutdownClock:
+        requested = self._stop_requested_at
+        return ShutdownClock(
+            requested if requested is not None else time.monotonic(),
+            self.settings.drain_seconds,
+        )
 
-    async def _release_orphans(self, final: bool) -> None:
-        """Hand back entries pending for this consumer that it does not hold (all of them when
-        ``final``, which also removes the consumer from the group)."""
-        keep = [] if final else [f"{h.band}:{h.entry}" for h in self.held.values()]
-        try:
-            n = await SCRIPTS.orphans.arun(
-                self.redis,
-                [self.keys.ready[1]],
-                [self.keys.prefix, self.consumer, 1 if final else 0, *keep],
-            )
-        except _REDIS_ERRORS as exc:
-            log.error("could not hand back orphaned entries", extra={"error": str(exc)})
-            return
-        if n:
-            self.metrics.drain["released_deadline" if final else "released_unstarted"] += int(n)
-            log.info("handed back entries delivered during shutdown", extra={"count": n})
+    async def _teardown(self, background: list[asyncio.Task[Any]]) -> None:
+        """Stop everything within what is left of the hard deadline (at least a little)."""
+        self.ready = False
+        self.draining = True
+        clock = self._clock()
 
+        def left(cap: float) -> float:
+            return max(0.05, min(cap, clock.left(time.monotonic())))
 
-def _call_in_context(ctx: Context, fn: Any, env: Envelope) -> Any:
-    """Run a thread task with the job's context variables (current_job, logging)."""
-    return ctx.run(fn, *env.args, **env.kwargs)
-
-
-_dump_json = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
-_validate_envelope = Envelope.model_validate_json
+        await stop_tasks(background, left(0.5))
+        if self.keeper.wrote_heartbeat:
+            await bounded("remove the heartbeat record", self.keeper.remove_heartbeat(), left(1.0))
+        await bounded("stop the probe server", self.probes.stop(), left(0.5))
+        self.executor.close()
+        await bounded("close the blocking connection", self._blocker.aclose(), left(0.5))
+        if self._own_redis:
+            await bounded("close the Redis connections", self.redis.aclose(), left(0.5))
 
 
 # -------------------------------------------------------------------------------- entry point
@@ -951,8 +366,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m bgq.worker MODULE [--queue Q] [--concurrency N]``; returns the exit code
-    (0 after a clean drain, 2 for a configuration error)."""
+    """``python -m bgq.worker MODULE [--queue Q] [--concurrency N]``.
+
+    Returns 2 for a configuration error found before the run. A stop signal before the event
+    loop runs exits the process with 0 from the signal handler (``bgq._runtime.signals``);
+    after a run it EXITS the process (0 after a clean drain, 1 for an error at start)."""
+    signals.capture()  # idempotent: the entry point usually did it before the heavy imports
     args = _parser().parse_args(argv)
     try:
         overrides: dict[str, Any] = {}
@@ -987,22 +406,44 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BgqError as exc:
         print(f"bgq worker: {exc}", file=sys.stderr)
         return 2
-    worker = Worker(settings, queue)
+    if settings.otel:  # after the tasks module, which may configure the SDK
+        from bgq import otel
+
+        otel.instrument()
+
+    code = _run_worker(Worker(settings, queue))
+    # Leave without interpreter finalization: with a Redis that stopped answering it was
+    # measured to take over a second (C-level teardown of connections and objects), which the
+    # drain's deadline has no room for. atexit handlers (e.g. a tracing exporter's flush) and
+    # logging still run; abandoned thread tasks (their jobs were handed back) cannot block us.
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if code is None else code)
+
+
+def _run_worker(worker: Worker) -> int | None:
+    """Run the worker on a fresh loop and close the loop with a bound (``asyncio.run`` waits
+    without limit for leftover tasks and the default executor). None: a configuration error."""
+    loop = asyncio.new_event_loop()
     try:
-        code = asyncio.run(worker.run(install_signals=True))
+        return loop.run_until_complete(worker.run(install_signals=True))
     except BgqError as exc:
         print(f"bgq worker: {exc}", file=sys.stderr)
-        return 1
-    logging.shutdown()
-    if any(t.name.startswith("bgq-task") and t.is_alive() for t in threading.enumerate()):
-        # abandoned thread tasks would block interpreter exit; their jobs were handed back
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+        return None
+    finally:
+        leftover = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for t in leftover:
+            t.cancel()
+        if leftover:
+            loop.run_until_complete(asyncio.wait(leftover, timeout=0.25))
+        with contextlib.suppress(Exception):
+            loop.run_until_complete(asyncio.wait_for(loop.shutdown_asyncgens(), 0.25))
+        loop.close()
 
 
-__all__ = ["Held", "Worker", "main"]
+__all__ = ["Held", "StopReason", "Worker", "main"]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -162,3 +162,41 @@ else gateway.redis.url, else the chart's Redis; fails naming the values to set o
 {{- fail "gateway.enabled=true needs a Redis: set gateway.redis.existingSecret (a Secret holding the URL), gateway.redis.url, or redis.enabled=true" }}
 {{- end }}
 {{- end }}
+
+{{/* Name of the console's Deployment, Service and ServiceAccount: "<fullname>-console". */}}
+{{- define "bgq.consoleName" -}}
+{{- printf "%s-console" (include "bgq.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{/* Selector labels of the console pods (stable across upgrades). */}}
+{{- define "bgq.consoleSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "bgq.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: console
+{{- end }}
+
+{{/* The console's BGQ_REDIS_URL EnvVar (as bgq.gatewayRedisEnv, from console.redis). */}}
+{{- define "bgq.consoleRedisEnv" -}}
+{{- $redis := .Values.console.redis }}
+{{- if and $redis.existingSecret $redis.url }}
+{{- fail "console.redis: set either console.redis.url or console.redis.existingSecret, not both" }}
+{{- end -}}
+- name: BGQ_REDIS_URL
+{{- if $redis.existingSecret }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $redis.existingSecret }}
+      key: {{ $redis.existingSecretKey }}
+{{- else if $redis.url }}
+  value: {{ $redis.url | quote }}
+{{- else if .Values.redis.enabled }}
+  value: {{ printf "redis://%s-redis.%s.svc:6379/0" (include "bgq.fullname" .) .Release.Namespace | quote }}
+{{- else }}
+{{- fail "console.enabled=true needs a Redis: set console.redis.existingSecret (a Secret holding the URL), console.redis.url, or redis.enabled=true" }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the aggregated queue ClusterRoles are rendered (gateway or console RBAC auth). */}}
+{{- define "bgq.queueRoles" -}}
+{{- if or (and .Values.gateway.enabled .Values.gateway.auth.serviceAccount.enabled) (and .Values.console.enabled .Values.console.auth.serviceAccount.enabled) }}true{{- end }}
+{{- end }}

@@ -36,3 +36,61 @@ def sleep(seconds: float) -> dict[str, Any]:
 def record(value: Any) -> dict[str, Any]:
     """Echo ``value`` with the pod that processed it."""
     return {"pod": _pod(), "value": value}
+
+
+# ------------------------------------------------ drain tests (tests/e2e/test_drain.py)
+# Each ``ledger_*`` task writes "start" and "end" records for its tag to a Redis list, so a test
+# can prove every job ran exactly once and was never interrupted (a start without an end, or two
+# starts, would show it). The list lives on the worker's own Redis (BGQ_REDIS_URL).
+def _ledger_push(ledger: str, tag: str, what: str) -> None:
+    import redis
+
+    with redis.Redis.from_url(os.environ["BGQ_REDIS_URL"]) as r:
+        r.rpush(ledger, f"{what} {tag} {_pod()} {time.time():.3f}")
+
+
+@bgq.task
+def ledger_thread(ledger: str, tag: str, seconds: float) -> str:
+    """A plain ``def`` job (thread pool) that blocks for ``seconds``."""
+    _ledger_push(ledger, tag, "start")
+    time.sleep(seconds)
+    _ledger_push(ledger, tag, "end")
+    return _pod()
+
+
+@bgq.task
+async def ledger_async(ledger: str, tag: str, seconds: float) -> str:
+    """An ``async def`` job on the worker's event loop."""
+    import asyncio
+
+    import redis.asyncio as aredis
+
+    async with aredis.Redis.from_url(os.environ["BGQ_REDIS_URL"]) as r:
+        await r.rpush(ledger, f"start {tag} {_pod()} {time.time():.3f}")
+        await asyncio.sleep(seconds)
+        await r.rpush(ledger, f"end {tag} {_pod()} {time.time():.3f}")
+    return _pod()
+
+
+@bgq.task(cpu_bound=True)
+def ledger_process(ledger: str, tag: str, seconds: float) -> str:
+    """A ``cpu_bound`` job in a child process: spins the CPU for ``seconds``."""
+    _ledger_push(ledger, tag, "start")
+    deadline = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < deadline:
+        n += 1
+    _ledger_push(ledger, tag, "end")
+    return _pod()
+
+
+# ------------------------------------------------ limits tests (tests/e2e/test_limits.py)
+@bgq.task
+def ledger_job(ledger: str) -> str:
+    """Append "<job id> <attempt> <pod>" to a Redis list: one line per run of this job."""
+    job = bgq.current_job()
+    import redis
+
+    with redis.Redis.from_url(os.environ["BGQ_REDIS_URL"]) as r:
+        r.rpush(ledger, f"{job.job_id} {job.attempt} {_pod()}")
+    return _pod()

@@ -250,3 +250,29 @@ async def test_gateway_concurrent_enqueues(http: httpx.AsyncClient, r: redis.asy
     )
     assert [resp.status_code for resp in results] == [201] * 100
     assert await r.xlen(KEYS.ready[1]) == 100
+
+
+async def test_job_document_shows_progress_and_checkpoint(
+    http: httpx.AsyncClient, r: redis.asyncio.Redis
+) -> None:
+    from bgq.progress import encode_checkpoint, encode_progress
+
+    resp = await http.post(JOBS, json={"task": "t"})
+    job_id = resp.json()["id"]
+    assert (await http.get(f"{JOBS}/{job_id}")).json()["progress"] is None
+    # what renew.lua's progress records store for a running job
+    await r.hset(
+        KEYS.job(job_id),
+        mapping={
+            "state": "running",
+            "progress": encode_progress(0.5, "half way", 1767225600000),
+            "checkpoint": encode_checkpoint({"row": 10}),
+        },
+    )
+    doc = (await http.get(f"{JOBS}/{job_id}")).json()
+    assert doc["progress"] == {
+        "fraction": 0.5,
+        "detail": "half way",
+        "updated_at": "2026-01-01T00:00:00.000+00:00",
+    }
+    assert doc["checkpoint"] == {"row": 10}

@@ -50,6 +50,18 @@ async def sleepy(seconds: float, key: str) -> str:
     return "slept"
 
 
+@bgq.task(retries=0)
+async def long_first_run(first_seconds: float, key: str) -> str:
+    """Like ``sleepy``, but only the first run of the job is long (later runs, after a crash,
+    take 0.2 s): a crash test then does not depend on how fast the next worker starts."""
+    job = bgq.current_job()
+    entry = f"start:{job.job_id}:{os.getpid()}"
+    first = await asyncio.to_thread(_r().rpush, f"bgqtest:{key}", entry)
+    await asyncio.sleep(first_seconds if first == 1 else 0.2)
+    await asyncio.to_thread(note, key, f"done:{job.job_id}:{os.getpid()}")
+    return "slept"
+
+
 @bgq.task
 async def checkpointing(key: str) -> str:
     """Runs until shutdown is requested, then returns (a cooperative job)."""
@@ -165,3 +177,63 @@ def thread_sleep(seconds: float, key: str) -> str:
     note(key, "start")
     time.sleep(seconds)
     return "woke"
+
+
+# --- observability (test_worker_tracing.py, test_worker_progress.py) -------------------------
+
+
+@bgq.task(retries=0)
+async def resumable(key: str, steps: int, step_seconds: float) -> int:
+    """Works through ``steps`` steps, reporting progress and a checkpoint after each; starts
+    from the last checkpoint. Returns the step it started from."""
+    job = bgq.current_job()
+    start = int((job.last_checkpoint or {}).get("done", 0))
+    await asyncio.to_thread(note, key, f"attempt:{job.attempt}:from:{start}")
+    for i in range(start, steps):
+        await asyncio.sleep(step_seconds)
+        job.progress((i + 1) / steps, f"step {i + 1} of {steps}")
+        job.checkpoint({"done": i + 1})
+    return start
+
+
+@bgq.task
+async def traced_inside() -> str:
+    """Makes a span of its own: it must nest under the attempt's consumer span."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("bgqtest").start_as_current_span("inside the task"):
+        return "traced"
+
+
+if os.environ.get("BGQ_TEST_SPANS_FILE"):  # the worker's SDK: every finished span, one per line
+    from opentelemetry import trace as _trace
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
+
+    def _one_line(span: ReadableSpan) -> str:
+        return str(span.to_json(indent=None)) + "\n"
+
+    _provider = TracerProvider()
+    _provider.add_span_processor(
+        SimpleSpanProcessor(
+            ConsoleSpanExporter(
+                out=open(os.environ["BGQ_TEST_SPANS_FILE"], "a"),  # noqa: SIM115 - process-long
+                formatter=_one_line,
+            )
+        )
+    )
+    _trace.set_tracer_provider(_provider)
+
+
+@bgq.task(retries=0, cpu_bound=True)
+def resumable_cpu(key: str, steps: int, step_seconds: float) -> int:
+    """``resumable`` as a cpu_bound task: it runs in a child process, whose progress and
+    checkpoint reports must reach the job record like an async task's."""
+    job = bgq.current_job()
+    start = int((job.last_checkpoint or {}).get("done", 0))
+    note(key, f"attempt:{job.attempt}:from:{start}")
+    for i in range(start, steps):
+        time.sleep(step_seconds)
+        job.progress((i + 1) / steps, f"step {i + 1} of {steps}")
+        job.checkpoint({"done": i + 1})
+    return start

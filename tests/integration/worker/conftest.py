@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -125,10 +126,16 @@ async def start_worker(redis_url: str, rdb: redis.Redis) -> AsyncIterator[StartW
                 w.task.cancel()
 
 
+def _block_stop_signals() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+
+
 class WorkerProcess:
     """``python -m bgq.worker bgqtest_tasks`` as a subprocess."""
 
-    def __init__(self, redis_url: str, name: str, log: Path, **env: Any) -> None:
+    def __init__(
+        self, redis_url: str, name: str, log: Path, *, block_signals: bool = False, **env: Any
+    ) -> None:
         environ = dict(os.environ)
         environ.update(
             {
@@ -143,7 +150,11 @@ class WorkerProcess:
                 "BGQ_LOG_LEVEL": "INFO",
             }
         )
-        environ.update({k: str(v) for k, v in env.items()})
+        for k, v in env.items():  # None removes a variable
+            if v is None:
+                environ.pop(k, None)
+            else:
+                environ[k] = str(v)
         self.log = log
         self._out = log.open("wb")
         self.proc = subprocess.Popen(
@@ -151,6 +162,9 @@ class WorkerProcess:
             env=environ,
             stdout=self._out,
             stderr=subprocess.STDOUT,
+            # started with SIGTERM/SIGINT blocked, as an init may start it: a signal sent at
+            # once is pending until the worker's handler is in place (bgq._runtime.signals)
+            preexec_fn=_block_stop_signals if block_signals else None,  # noqa: PLW1509 - sigmask only
         )
         self.name = name
 
@@ -177,9 +191,13 @@ def spawn_worker(redis_url: str, rdb: redis.Redis, tmp_path: Path) -> Iterator[S
     """``spawn_worker(name, redis_url=None, **BGQ_env)`` -> WorkerProcess (killed at teardown)."""
     procs: list[WorkerProcess] = []
 
-    def spawn(name: str = "p", url: str | None = None, **env: Any) -> WorkerProcess:
+    def spawn(
+        name: str = "p", url: str | None = None, *, block_signals: bool = False, **env: Any
+    ) -> WorkerProcess:
         label = f"{name}{len(procs)}"
-        p = WorkerProcess(url or redis_url, label, tmp_path / f"{label}.log", **env)
+        p = WorkerProcess(
+            url or redis_url, label, tmp_path / f"{label}.log", block_signals=block_signals, **env
+        )
         procs.append(p)
         return p
 

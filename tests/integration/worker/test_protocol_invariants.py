@@ -79,9 +79,16 @@ def check(r: redis.Redis, ids: set[str]) -> dict[str, str]:
 
 @pytest.mark.parametrize("seed", range(4))
 def test_random_interleavings_keep_every_job_accounted_for(redis_url: str, seed: int) -> None:
-    rng = random.Random(seed)
     r = redis.Redis.from_url(redis_url, decode_responses=True)
     client = bgq.Client(redis_url)
+    run_interleavings(r, client, seed)
+    client.close()
+    r.close()
+
+
+def run_interleavings(r: Any, client: bgq.Client, seed: int) -> None:
+    """The randomised run on ``r`` (any topology's client) and ``client`` (same Redis)."""
+    rng = random.Random(seed)
     ids: set[str] = set()
     held: dict[str, list[Delivery]] = {"A": [], "B": [], "C": []}
     trail: list[str] = []
@@ -142,5 +149,3 @@ def test_random_interleavings_keep_every_job_accounted_for(redis_url: str, seed:
     assert pending(r) == {}
     demand = client.stats(Q)
     assert (demand.backlog, demand.in_flight) == (0, 0)
-    client.close()
-    r.close()

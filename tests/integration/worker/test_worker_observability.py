@@ -89,11 +89,17 @@ async def test_livez_readyz_metrics(start_worker: StartWorker, redis_url: str) -
         text = (await http.get("/metrics")).text
         assert 'bgq_jobs_succeeded_total{queue="test/jobs"} 1.0' in text
         assert 'bgq_job_queue_wait_seconds_count{queue="test/jobs"} 1.0' in text
-        # a loop that has not ticked for longer than the threshold fails liveness
-        w.worker._last_tick -= 60
+        # a loop that has not ticked for longer than the threshold fails liveness (the ticker
+        # is held still meanwhile, so it cannot refresh the mark before the request lands)
+        probes = w.worker.probes
+        tick = probes.tick
+        probes.tick = lambda: None  # type: ignore[method-assign]
+        probes.last_tick -= 60
         live = await http.get("/livez")
         assert live.status_code == 503 and "event loop blocked" in live.text
-        w.worker._last_tick += 60
+        probes.tick = tick  # type: ignore[method-assign]
+        probes.tick()
+        assert (await http.get("/livez")).status_code == 200
         await client.enqueue(QUEUE, "sleepy", 1.0, "lz")  # keeps the drain going for a while
         await await_until(lambda: w.worker.running == 1, 5, "the job to start")
         w.worker.request_stop()
@@ -170,7 +176,7 @@ async def test_enqueue_publishes_wake_rate_limited(redis_url: str) -> None:
     async with bgq.AsyncClient(redis_url) as client:
         for _ in range(5):
             await client.enqueue("w/q", "echo", 1)
-        await client.enqueue_with("w/q", "echo", args=[1], delay=60)  # scheduled: no wake
+        await client.enqueue_with("w/q", "echo", args=[1], delay=60)  # within 200 ms: none
         first = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
         assert first is not None and first["data"] == "w/q"
         assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1) is None
@@ -178,5 +184,10 @@ async def test_enqueue_publishes_wake_rate_limited(redis_url: str) -> None:
         await client.enqueue("w/q", "echo", 1)
         again = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
         assert again is not None and again["data"] == "w/q"
+        await asyncio.sleep(0.25)
+        # a delayed job wakes the operator too (it reads a queue at rest only every 30 s)
+        await client.enqueue_with("w/q", "echo", args=[1], delay=60)
+        delayed = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        assert delayed is not None and delayed["data"] == "w/q"
     await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
     await r.aclose()

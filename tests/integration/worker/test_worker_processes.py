@@ -60,7 +60,7 @@ def test_sigkill_mid_job_completes_elsewhere_within_lease_plus_15s(
     client = bgq.Client(redis_url)
     a = spawn_worker("a", BGQ_LEASE_SECONDS=lease)
     wait_until(lambda: worker_alive(rdb, a.name), 15, "worker a to start")
-    job = client.enqueue(QUEUE, "sleepy", 1.5, "k")
+    job = client.enqueue(QUEUE, "long_first_run", 120, "k")  # a crash, not a finish, ends it on a
     wait_until(lambda: rdb.lrange("bgqtest:k", 0, -1), 10, "the job to start on a")
     assert rdb.lrange("bgqtest:k", 0, -1) == [f"start:{job.id}:{a.pid}"]
     b = spawn_worker("b", BGQ_LEASE_SECONDS=lease)
@@ -206,9 +206,11 @@ def test_random_sigkills_lose_nothing(
     rng = random.Random(7)
     client = bgq.Client(redis_url)
     n = 2000
-    jobs = client.enqueue_many(QUEUE, [bgq.JobSpec("pause", args=[20, i]) for i in range(n)])
     env = {"BGQ_CONCURRENCY": 10, "BGQ_LEASE_SECONDS": 1, "BGQ_MAX_DELIVERIES": 50}
     workers = [spawn_worker("c", **env) for _ in range(3)]
+    # all three hold jobs when the chaos starts (a worker still importing holds none)
+    wait_until(lambda: len(worker_alive(rdb, "c")) == 3, 30, "three workers to start")
+    jobs = client.enqueue_many(QUEUE, [bgq.JobSpec("pause", args=[50, i]) for i in range(n)])
     kills = 0
     deadline = time.monotonic() + 90
     while int(rdb.hget(KEYS.stats, "succeeded") or 0) < n:

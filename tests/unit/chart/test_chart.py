@@ -22,7 +22,12 @@ NAMESPACED: dict[str, Any] = {
 }
 EVERYTHING: dict[str, Any] = {
     "redis": {"enabled": True},
-    "metrics": {"serviceMonitor": {"enabled": True, "additionalLabels": {"release": "prom"}}},
+    "metrics": {
+        "serviceMonitor": {"enabled": True, "additionalLabels": {"release": "prom"}},
+        "podMonitor": {"enabled": True},
+        "dashboard": {"enabled": True},
+        "prometheusRule": {"enabled": True},
+    },
     "tests": {"redisUrl": "redis://redis.infra:6379/0"},
     "image": {"repository": "registry.example/bgq-operator", "tag": "1.2.3"},
     "imagePullSecrets": [{"name": "regcred"}],
@@ -229,6 +234,8 @@ def test_operator_deployment_shape(render: Render) -> None:
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     (container,) = pod["containers"]
     assert container["image"] == "registry.example/bgq-operator:1.2.3"
+    # no command: the image's ENTRYPOINT (tini -- bgq-operator) keeps tini as PID 1
+    assert "command" not in container
     assert container["livenessProbe"]["httpGet"]["port"] == "http"
     assert container["readinessProbe"]["httpGet"]["port"] == "http"
     assert {"name": "tmp", "mountPath": "/tmp"} in container["volumeMounts"]

@@ -78,7 +78,9 @@ def test_gateway_renders_a_deployment_a_service_and_a_serviceaccount(render: Ren
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     container = gateway_container(docs)
     assert container["image"] == "registry.example/bgq-worker:1.2.3"
-    assert container["command"] == ["bgq", "gateway", "--host", "0.0.0.0", "--port", "8000"]
+    # tini as PID 1 (the command replaces the image's ENTRYPOINT, so it names tini itself)
+    assert container["command"] == [
+        "tini", "--", "bgq", "gateway", "--host", "0.0.0.0", "--port", "8000"]
     assert container["ports"] == [{"name": "http", "containerPort": 8000, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}

@@ -3,8 +3,9 @@
 No Docker engine runs here, so the images cannot be built in the suite; these checks pin what
 the chart and the operator rely on: a pinned slim base, a multi-stage build, a non-root numeric
 user (uid 10001, as runAsUser in the chart and the worker Deployment), no bytecode writes
-(read-only root filesystem) and an exec-form ENTRYPOINT so the Python process is PID 1 and gets
-SIGTERM itself.
+(read-only root filesystem) and an exec-form ENTRYPOINT that runs the Python process under
+Debian's tini as PID 1 (docs/design.md, "PID 1"): tini forwards SIGTERM to it alone (never -g,
+which would also interrupt the children running cpu_bound jobs) and reaps orphans.
 """
 
 from __future__ import annotations
@@ -84,6 +85,8 @@ def test_entrypoint_is_exec_form_and_no_bytecode_is_written(name: str) -> None:
     assert entrypoints, f"{path} has no ENTRYPOINT"
     argv = json.loads(entrypoints[-1])  # shell form would not be JSON
     assert isinstance(argv, list) and argv and argv[0] not in {"sh", "/bin/sh", "bash"}
+    program = {"operator": "bgq-operator", "worker": "bgq"}[name]
+    assert argv == ["tini", "--", program], f"{path}: ENTRYPOINT {argv}"
     env = " ".join(rest for keyword, rest in steps if keyword == "ENV")
     assert "PYTHONDONTWRITEBYTECODE=1" in env
     assert "HOME=/tmp" in env  # anything that writes to $HOME lands on the writable /tmp
@@ -104,3 +107,41 @@ def test_dockerignore_keeps_the_build_context_small() -> None:
     assert "**" in lines  # deny everything, then allow what the builds copy
     for needed in ("pyproject.toml", "README.md", "worker/bgq/**", "operator/bgq_operator/**"):
         assert f"!{needed}" in lines
+
+
+@pytest.mark.parametrize("name", PROJECT_IMAGES)
+def test_tini_is_installed_in_the_runtime_stage(name: str) -> None:
+    """The ENTRYPOINT's tini comes from Debian's package, installed in the final stage, and the
+    apt lists are removed in the same layer."""
+    steps = instructions(DOCKERFILES[name])
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    runs = [rest for keyword, rest in steps[last_from:] if keyword == "RUN"]
+    install = [r for r in runs if re.search(r"apt-get install .*\btini\b", r)]
+    assert install, f"{DOCKERFILES[name]}: no `apt-get install tini` in the runtime stage"
+    assert "--no-install-recommends" in install[0] and "rm -rf /var/lib/apt/lists" in install[0]
+
+
+def test_worker_image_default_command_is_the_operators() -> None:
+    """`docker run bgq-worker` and the operator's worker pods run the same program under tini."""
+    from bgq_operator.manifests import DEFAULT_COMMAND
+
+    steps = instructions(DOCKERFILES["worker"])
+    entrypoint = json.loads([r for k, r in steps if k == "ENTRYPOINT"][-1])
+    cmd = json.loads([r for k, r in steps if k == "CMD"][-1])
+    assert DEFAULT_COMMAND[0] == entrypoint[0] == "tini"
+    assert list(DEFAULT_COMMAND[DEFAULT_COMMAND.index("--") + 1:]) == entrypoint[2:] + cmd
+
+
+def test_the_wheel_lists_every_package() -> None:
+    """pyproject.toml names the packages explicitly: a new subpackage missing there is absent
+    from the wheel, so every image (Dockerfile and hack/cluster/build-image) would fail with
+    ModuleNotFoundError while the editable install of the test suite still works."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    found = set()
+    for package, directory in setuptools["package-dir"].items():
+        for init in (ROOT / directory).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / directory).parts
+            found.add(".".join((package, *rel)))
+    assert found == set(setuptools["packages"])

@@ -273,3 +273,20 @@ def test_render_dead_table() -> None:
         "(entry 2-0)  -         malformed-entry  -          no id field",
     ]
     assert cli.render_dead([], now_ms=0) == "no dead letters"
+
+
+def test_render_job_shows_progress_and_checkpoint() -> None:
+    document = {
+        "id": "j2", "queue": "a/b", "task": "t", "state": "running", "attempt": 2,
+        "max_retries": 3, "enqueued_at": "2026-01-01T00:00:00.000+00:00",
+        "started_at": "2026-01-01T00:00:01.000+00:00", "finished_at": None, "result": None,
+        "error": None, "reason": None, "traceback": None, "lease_expiries": 0,
+        "cancel_requested": False, "args": [], "kwargs": {},
+        "progress": {"fraction": 0.4, "detail": "page 4 of 10",
+                     "updated_at": "2026-01-01T00:00:08.000+00:00"},
+        "checkpoint": {"page": 4},
+    }  # fmt: skip
+    text = cli.render_job(document, now=1767225610.0)
+    reported = "(reported 2026-01-01T00:00:08.000+00:00  (2.0s ago))"
+    assert f"progress    40%  page 4 of 10  {reported}" in text
+    assert 'checkpoint  {"page": 4}' in text

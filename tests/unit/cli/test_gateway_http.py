@@ -124,6 +124,14 @@ async def test_enqueue_normalises_priority(
         ({"task": "t", "priority": "urgent"}, "priority"),
         ({"task": "t", "priority": 7}, "priority"),
         ({"task": "t", "job_id": "has space"}, "job_id"),
+        ({"task": "t", "job_id": "trailing-newline\n"}, "job_id"),
+        ({"task": "t", "priority": True}, "priority"),
+        ({"task": "t", "priority": 1.0}, "priority"),
+        ({"task": "t", "priority": "1"}, "priority"),
+        ({"task": "t", "retries": True}, "retries"),
+        ({"task": "t", "retries": "3"}, "retries"),
+        ({"task": "t", "delay": True}, "delay"),
+        ({"task": "t", "timeout": False}, "timeout"),
         ({"task": "t", "surprise": 1}, "surprise"),
         ([1, 2], "body"),
     ],
@@ -154,6 +162,58 @@ async def test_bad_json_and_any_content_type(
     r = await client.post(JOBS, content=b'{"task": "t", "job_id": "f"}', headers=form)
     assert r.status_code == 201
     assert ("shop/emails", "f") in backend.jobs
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (b'{"task": "t", "args": ' + b"[" * 1000 + b"]" * 1000 + b"}", "nested deeper than"),
+        (b'{"task": "t", "args": [' + b"7" * 4400 + b"]}", "4400 digits"),
+        (b'{"task": "t", "args": [' + b"9" * 101 + b"]}", "101 digits"),
+        (b'{"task": "t", "args": [NaN]}', "NaN is not valid JSON"),
+        (b'{"task": "t", "args": [-Infinity]}', "-Infinity is not valid JSON"),
+    ],
+)
+async def test_hostile_json_is_a_400_not_a_500(
+    client: httpx.AsyncClient, backend: MemoryBackend, body: bytes, says: str
+) -> None:
+    r = await client.post(JOBS, content=body)
+    assert r.status_code == 400, r.text
+    assert (r.json()["error"], r.json()["field"]) == ("invalid_json", "body")
+    assert says in r.json()["message"]
+    assert backend.jobs == {}
+
+
+async def test_json_limits_leave_room_for_ordinary_documents(
+    client: httpx.AsyncClient, backend: MemoryBackend
+) -> None:
+    nested: list[object] = []
+    for _ in range(60):
+        nested = [nested]
+    body = {"task": "t", "job_id": "deep", "args": [nested, 10**99, -(10**99)]}
+    r = await client.post(JOBS, json=body)
+    assert r.status_code == 201, r.text
+    batch = {"jobs": [{**body, "job_id": "deep-b"}]}
+    r = await client.post(JOBS + ":batch", json=batch)
+    assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1/queues/probe%0A/q/jobs",
+        "/v1/queues/probe/q%0A/jobs",
+        "/v1/queues/probe%0D/q/jobs",
+        "/v1/queues/probe/q%00/jobs",
+    ],
+)
+async def test_queue_names_with_a_trailing_control_byte_are_refused(
+    client: httpx.AsyncClient, backend: MemoryBackend, path: str
+) -> None:
+    r = await client.post(path, json={"task": "t"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"] == "invalid_queue"
+    assert backend.jobs == {}
 
 
 async def test_payload_too_large(client: httpx.AsyncClient, backend: MemoryBackend) -> None:

@@ -122,7 +122,7 @@ async def test_keep_alive_reuses_one_connection(server: HttpServer) -> None:
             assert head.startswith(b"HTTP/1.1 200 OK\r\n")
             assert b"Connection: keep-alive" in head
             assert await reader.readexactly(2) == b"ok"
-        writer.write(b"GET /livez HTTP/1.1\r\nConnection: close\r\n\r\n")
+        writer.write(b"GET /livez HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         await writer.drain()
         rest = await asyncio.wait_for(reader.read(), 5)
         assert b"Connection: close" in rest
@@ -149,7 +149,7 @@ async def test_expect_continue(server: HttpServer) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     try:
         writer.write(
-            b"POST /v1/queues/a/b/jobs HTTP/1.1\r\nContent-Length: 3\r\n"
+            b"POST /v1/queues/a/b/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
             b"Expect: 100-continue\r\n\r\n"
         )
         await writer.drain()
@@ -164,14 +164,15 @@ async def test_expect_continue(server: HttpServer) -> None:
     # Too large: refused before the body is sent, no 100 Continue.
     out = await raw(
         server,
-        b"POST /v1/queues/a/b/jobs HTTP/1.1\r\nContent-Length: 99999\r\n"
+        b"POST /v1/queues/a/b/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 99999\r\n"
         b"Expect: 100-continue\r\n\r\n",
     )
     assert out.startswith(b"HTTP/1.1 413")
 
 
 async def test_headers_too_large_is_431(server: HttpServer) -> None:
-    out = await raw(server, b"GET /livez HTTP/1.1\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")
+    big = b"X-Big: " + b"a" * 5000 + b"\r\n"
+    out = await raw(server, b"GET /livez HTTP/1.1\r\nHost: x\r\n" + big + b"\r\n")
     assert out.startswith(b"HTTP/1.1 431")
 
 
@@ -180,10 +181,11 @@ async def test_headers_too_large_is_431(server: HttpServer) -> None:
     [
         (b"GARBAGE\r\n\r\n", b"400"),
         (b"GET /livez HTTP/2.0\r\n\r\n", b"505"),
-        (b"GET /livez HTTP/1.1\r\nbad header\r\n\r\n", b"400"),
-        (b"POST /v1/queues/a/b/jobs HTTP/1.1\r\nContent-Length: x\r\n\r\n", b"400"),
-        (b"POST /v1/queues/a/b/jobs HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"411"),
-        (b"GET livez HTTP/1.1\r\n\r\n", b"400"),
+        (b"GET /livez HTTP/1.1\r\nHost: x\r\nbad header\r\n\r\n", b"400"),
+        (b"POST /v1/queues/a/b/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: x\r\n\r\n", b"400"),
+        (b"POST /v1/queues/a/b/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+         b"400"),
+        (b"GET livez HTTP/1.1\r\nHost: x\r\n\r\n", b"400"),
     ],
 )
 async def test_malformed_requests(server: HttpServer, data: bytes, status: bytes) -> None:
@@ -238,7 +240,7 @@ async def test_stop_cancels_request_past_grace() -> None:
     srv.route("GET", "/hang", hang)
     await srv.start()
     reader, writer = await asyncio.open_connection("127.0.0.1", srv.port)
-    writer.write(b"GET /hang HTTP/1.1\r\n\r\n")
+    writer.write(b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\n")
     await writer.drain()
     await asyncio.wait_for(entered.wait(), 5)
     await asyncio.wait_for(srv.stop(), 5)
@@ -254,3 +256,44 @@ def test_route_pattern_validation() -> None:
         srv.route("GET", "a", echo)
     with pytest.raises(RuntimeError, match="not started"):
         _ = srv.port
+
+
+async def test_guard_runs_after_routing_and_before_the_body() -> None:
+    seen: list[tuple[str, bytes]] = []
+
+    async def guard(request: Request) -> Response | None:
+        seen.append((request.route, request.body))
+        if request.headers.get("x-key") != "k":
+            return Response(status=401, body=b"no")
+        return None
+
+    srv = HttpServer(
+        "127.0.0.1", 0, guard=guard, default_headers={"Cache-Control": "no-store", "X-A": "1"}
+    )
+    srv.route("POST", "/v1/queues/{namespace}/{name}/jobs", echo)
+    await srv.start()
+    try:
+        head = b"POST /v1/queues/a/b/jobs HTTP/1.1\r\nHost: x\r\nContent-Length: 500000\r\n"
+        # refused from the head alone: no 100 Continue, the unread body closes the connection
+        out = await raw(srv, head + b"Expect: 100-continue\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 401") and b"100 Continue" not in out
+        assert b"Connection: close" in out and b"Cache-Control: no-store" in out
+        assert srv.buffered_bytes == 0
+        async with httpx.AsyncClient(base_url=base(srv)) as client:
+            r = await client.post("/v1/queues/a/b/jobs", content=b"hi", headers={"x-key": "k"})
+            assert (r.status_code, r.json()["body"], r.headers["x-a"]) == (200, "hi", "1")
+            async def parts() -> AsyncIterator[bytes]:
+                yield b"a" * 10
+                yield b"b" * 5
+
+            key = {"x-key": "k"}
+            chunked = await client.post("/v1/queues/a/b/jobs", content=parts(), headers=key)
+            assert "content-length" not in chunked.request.headers
+            assert chunked.json()["body"] == "a" * 10 + "b" * 5
+            missing = await client.get("/nowhere")
+            assert missing.status_code == 404
+        assert seen[0] == ("/v1/queues/{namespace}/{name}/jobs", b"")
+        assert all(body == b"" for _, body in seen)
+        assert len(seen) == 3  # not called for the 404
+    finally:
+        await srv.stop()

@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
+
+import pytest
 
 from bgq_operator import conditions as cond
-from bgq_operator.spec import parse_spec
-from bgq_operator.state import DeploymentView, Problem, QueueState, compose_status
+from bgq_operator.scaling import ScalingMemory
+from bgq_operator.spec import QueueStatus, ScalingStatus, ScheduleStatus, parse_spec
+from bgq_operator.state import (
+    DeploymentView,
+    Problem,
+    QueueState,
+    adopt_status,
+    compose_status,
+    status_body,
+)
 
 T0 = datetime(2026, 1, 1, 10, 0, 0, tzinfo=UTC)
 T1 = datetime(2026, 1, 1, 10, 5, 0, tzinfo=UTC)
@@ -79,9 +90,13 @@ def test_ready_follows_the_facts() -> None:
 
 def test_paused_and_manual_show_in_the_scaling_condition() -> None:
     state = _state()
-    state.annotations = {"bgq.dev/paused": "true"}
+    state.annotations = {"bgq.dev/autoscaler-paused": "true"}
     state.refresh_conditions()
-    assert cond.find(state.conditions, "Scaling")["reason"] == "Paused"  # type: ignore[index]
+    assert cond.find(state.conditions, "Scaling")["reason"] == "AutoscalerPaused"  # type: ignore[index]
+    state.annotations = {}
+    state.queue_paused = True
+    state.refresh_conditions()
+    assert cond.find(state.conditions, "Scaling")["reason"] == "QueuePaused"  # type: ignore[index]
 
 
 def test_degraded_mirrors_a_stuck_rollout() -> None:
@@ -99,12 +114,62 @@ def test_degraded_mirrors_a_stuck_rollout() -> None:
 def test_compose_status_has_selector_and_generation() -> None:
     state = _state()
     state.deployment = DeploymentView(replicas=2, ready_replicas=1)
-    state.queue = {"backlog": 7}
+    state.queue = QueueStatus(backlog=7)
     state.refresh_conditions()
-    status = compose_status(state)
+    status = status_body(compose_status(state))
     assert status["observedGeneration"] == 4
     assert (
         status["selector"] == "app.kubernetes.io/name=bgq-worker,app.kubernetes.io/instance=orders"
     )
     assert (status["replicas"], status["readyReplicas"]) == (2, 1)
     assert status["queue"] == {"name": "shop/orders", "backlog": 7}
+
+
+def test_status_round_trips_through_adoption() -> None:
+    """What one operator run writes, the next one adopts: memory, scaling, schedules, queue."""
+    state = _state()
+    state.deployment = DeploymentView(replicas=3, ready_replicas=3)
+    state.queue = QueueStatus(backlog=2, in_flight=5, oldest_job_age_seconds=1.5)
+    state.scaling = ScalingStatus(demand=7, desired=3, bound_by="demand", reason="7 jobs")
+    state.memory = ScalingMemory(window=((100.0, 3), (130.0, 1)), idle_since=None,
+                                 last_scale_at=99.5)
+    state.schedules = [ScheduleStatus(name="nightly", next_tick="2026-12-03T00:00:00Z", missed=0)]
+    state.desired = 3
+    state.refresh_conditions()
+    body = status_body(compose_status(state))
+    assert body["scaling"]["memory"] == {"window": [[100.0, 3.0], [130.0, 1.0]],
+                                         "lastScaleAt": 99.5}
+    assert body["queue"]["name"] == "shop/orders" and body["queue"]["inFlight"] == 5
+    assert body["nextTick"] == "2026-12-03T00:00:00Z"
+
+    again = _state()
+    adopt_status(again, body)
+    assert again.memory == state.memory
+    assert again.scaling == state.scaling
+    assert again.queue == state.queue
+    assert again.schedules == state.schedules
+    assert again.conditions == state.conditions
+    again.deployment, again.desired = state.deployment, state.desired
+    assert status_body(compose_status(again)) == body
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"conditions": [{"type": "Ready"}]},  # no status/reason/lastTransitionTime
+        {"scaling": {"desired": "many"}},
+        {"queue": "not an object"},
+    ],
+)
+def test_an_unreadable_status_is_not_adopted(body: dict[str, Any]) -> None:
+    state = _state()
+    adopt_status(state, body)
+    assert state.last_status is None and state.conditions == [] and state.queue is None
+
+
+def test_malformed_memory_starts_fresh_but_keeps_the_rest() -> None:
+    state = _state()
+    body = {"scaling": {"desired": 2, "memory": {"window": [[1.0, -3.0]]}}}
+    adopt_status(state, body)
+    assert state.memory == ScalingMemory()
+    assert state.scaling.desired == 2

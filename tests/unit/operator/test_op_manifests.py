@@ -158,7 +158,10 @@ def test_container_defaults_probes_and_security() -> None:
     dep = deploy()
     pod = dep["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["command"] == ["bgq", "worker"]
+    # tini is PID 1 and forwards SIGTERM to bgq alone (no -g: cpu_bound children keep running);
+    # -e 143 maps "SIGTERM before bgq's handler existed" (nothing fetched yet) to a clean exit
+    assert container["command"] == ["tini", "-e", "143", "--", "bgq", "worker"]
+    assert "-g" not in container["command"]
     assert "args" not in container
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/livez", "port": "http"}

@@ -105,7 +105,15 @@ def test_crd_schema_is_structural() -> None:
         for banned in ("$ref", "anyOf", "allOf", "oneOf", "title", "nullable"):
             assert banned not in node, f"{banned} at {path}"
         if node.get("x-kubernetes-preserve-unknown-fields"):
-            assert path.endswith(("/affinity", "/valueFrom", "/envFrom/items")), path
+            assert path.endswith(
+                (
+                    "/affinity",
+                    "/valueFrom",
+                    "/envFrom/items",
+                    "/args/items",
+                    "/additionalProperties",
+                )
+            ), path
     # every property is typed (or int-or-string) and described
     for path, node in _walk(schema["properties"]["spec"]):
         if "/properties/" in path and path.rsplit("/", 2)[-2] == "properties":
@@ -126,7 +134,7 @@ def test_crd_has_subresources_columns_and_cel_rules() -> None:
     assert version["subresources"]["status"] == {}
     columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
     assert list(columns) == [
-        "Ready", "Backlog", "In-Flight", "Replicas", "Desired", "Age", "Reason"
+        "Ready", "Backlog", "In-Flight", "Replicas", "Desired", "Next", "Age", "Reason"
     ]  # fmt: skip
     assert columns["Reason"]["priority"] == 1
     spec = version["schema"]["openAPIV3Schema"]["properties"]["spec"]

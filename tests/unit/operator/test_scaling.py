@@ -64,8 +64,8 @@ def run(
         # headroom only while there is demand
         (replace(POLICY, idle_headroom=2), 0, {}, 0, BoundBy.DEMAND),
         (replace(POLICY, idle_headroom=50), 0, {"backlog": 5}, 20, BoundBy.MAX),
-        (replace(POLICY, paused=True), 3, {"backlog": 1000}, 3, BoundBy.PAUSED),
-        (replace(POLICY, paused=True), 25, {}, 25, BoundBy.PAUSED),
+        (replace(POLICY, paused=True), 3, {"backlog": 1000}, 3, BoundBy.AUTOSCALER_PAUSED),
+        (replace(POLICY, paused=True), 25, {}, 25, BoundBy.AUTOSCALER_PAUSED),
         (POLICY, 4, {"redis_ok": 0}, 4, BoundBy.REDIS_UNAVAILABLE),
         (replace(POLICY, min_replicas=5), 4, {"redis_ok": 0}, 5, BoundBy.REDIS_UNAVAILABLE),
         (replace(POLICY, on_redis_unavailable="Min", min_replicas=6), 2, {"redis_ok": 0}, 6,
@@ -77,7 +77,7 @@ def run(
 def test_single_decision(
     policy: ScalingPolicy, current: int, fields: dict[str, int], desired: int, bound: BoundBy
 ) -> None:
-    obs_fields = {k: v for k, v in fields.items() if k != "redis_ok"}
+    obs_fields: dict[str, Any] = {k: v for k, v in fields.items() if k != "redis_ok"}
     obs = Observation(
         now=1000.0, current_replicas=current, redis_ok=bool(fields.get("redis_ok", 1)),
         **obs_fields,
@@ -218,7 +218,7 @@ def test_paused_then_unpaused_waits_a_full_delay() -> None:
     paused = replace(POLICY, paused=True)
     d = decide(paused, Observation(now=0, current_replicas=7), ScalingMemory())
     d = decide(paused, Observation(now=50, current_replicas=7), d.memory)
-    assert (d.desired, d.bound_by) == (7, BoundBy.PAUSED)
+    assert (d.desired, d.bound_by) == (7, BoundBy.AUTOSCALER_PAUSED)
     d = decide(POLICY, Observation(now=60, current_replicas=7), d.memory)
     assert (d.desired, d.bound_by) == (7, BoundBy.SCALE_DOWN_DELAY)
 

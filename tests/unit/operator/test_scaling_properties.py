@@ -81,7 +81,8 @@ def test_paused_never_changes(
     policy: ScalingPolicy, obs: Observation, memory: ScalingMemory
 ) -> None:
     d = decide(replace(policy, paused=True), obs, memory)
-    assert (d.desired, d.changed, d.bound_by) == (obs.current_replicas, False, BoundBy.PAUSED)
+    expected = (obs.current_replicas, False, BoundBy.AUTOSCALER_PAUSED)
+    assert (d.desired, d.changed, d.bound_by) == expected
 
 
 @given(policies(), observations(), memories())

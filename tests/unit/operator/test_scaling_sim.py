@@ -54,3 +54,60 @@ def test_deterministic(sim: ModuleType) -> None:
     trace = sim.trace_sawtooth(random.Random("3:sawtooth"))
     assert sim.simulate(trace, args(seed=3)) == sim.simulate(trace, args(seed=3))
     assert "| sawtooth | bgq |" in sim.table([(trace, sim.simulate(trace, args(seed=3)))])
+
+
+@pytest.fixture(scope="module")
+def live(sim: ModuleType) -> ModuleType:
+    """bench/keda_live.py (imports the simulator as ``autoscale_sim``, loaded above)."""
+    spec = importlib.util.spec_from_file_location("keda_live", ROOT / "bench/keda_live.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["keda_live"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("key", ["spike", "sawtooth", "long", "bursts"])
+def test_live_traces_are_cut_from_the_simulated_ones(sim: ModuleType, live: ModuleType,
+                                                     key: str) -> None:
+    full = sim.TRACES[key](random.Random(f"7:{key}"))
+    short = live.live_trace(key, 7)
+    cut = live.SHORTEN[key]
+    assert short.name == full.name
+    assert 0 < len(short.jobs) < len(full.jobs)
+    assert short.jobs[0][0] == pytest.approx(5.0)
+    arrivals = [a for a, _ in short.jobs]
+    assert arrivals == sorted(arrivals)
+    assert max(d for _, d in short.jobs) <= max(d for _, d in full.jobs) * cut.time_scale + 1e-3
+    # about 10 minutes of arrivals at most, and deterministic for a seed
+    assert arrivals[-1] <= 600
+    assert live.live_trace(key, 7) == short
+
+
+def test_pod_timeline_from_watch_lines(live: ModuleType) -> None:
+    lines = [(10.0, "ADDED|w1||"), (11.0, "MODIFIED|w1||False"), (13.0, "MODIFIED|w1||True"),
+             (20.0, "ADDED|w2||"), (30.0, "MODIFIED|w1|2026-01-01T00:00:00Z|True"),
+             (40.0, "DELETED|w1|2026-01-01T00:00:00Z|False")]
+    tl = live.PodTimeline.parse(lines)
+    assert tl.ready == {"w1": 13.0}
+    assert tl.gone == {"w1": 40.0}
+    assert tl.alive(15.0) == 1 and tl.alive(25.0) == 2 and tl.alive(45.0) == 1
+    # w1 exists 10..40, w2 20..50 (still there at the end)
+    assert tl.pod_seconds(0.0, 50.0) == pytest.approx(30.0 + 30.0)
+    assert tl.pod_seconds(15.0, 35.0) == pytest.approx(20.0 + 15.0)
+
+
+def test_key_limited_replicas_follow_the_concurrency_cap(
+    sim: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-key concurrency bounds the work: bgq's cap saves pods without slowing any job."""
+    trace = sim.trace_key_limited(random.Random("7:keys"))
+    bgq, keda = sim.simulate(trace, args())
+    assert bgq.interrupted == 0 and bgq.unfinished == 0 and keda.unfinished == 0
+    assert keda.replica_seconds > 8 * bgq.replica_seconds
+    assert bgq.max_wait <= keda.max_wait * 1.05  # the limit sets the pace, not the pods
+    # the cap is what saves them: the same decision without the parked-jobs read
+    monkeypatch.setattr(sim.Cluster, "startable", lambda self, t: None)
+    uncapped, _ = sim.simulate(trace, args())
+    assert uncapped.replica_seconds > 5 * bgq.replica_seconds
+    assert uncapped.max_wait == pytest.approx(bgq.max_wait, rel=0.05)

@@ -13,8 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import bgq
+from bgq._client_core import _Core
 from bgq.backoff import backoff_seconds
-from bgq.client import JobSpec, _Core
+from bgq.client import JobSpec
 from bgq.connection import redact
 from bgq.metrics import Metrics
 from bgq.protocol import Envelope, QueueName, check_job_id, resolve_namespace
@@ -92,6 +93,48 @@ def test_envelope_rejects_invalid(bad: dict[str, Any]) -> None:
         Envelope.model_validate_json(json.dumps(bad))
 
 
+@pytest.mark.parametrize(
+    "text", ["shop\n/emails", "shop/emails\n", "shop/emails\r", "\nshop/emails", "shop/e\x00"]
+)
+def test_queue_names_must_match_in_full(text: str) -> None:
+    with pytest.raises(bgq.InvalidQueueName):
+        QueueName.parse(text)
+
+
+@pytest.mark.parametrize("job_id", ["order-1\n", "order-1\r\n", "\norder-1", "a\x00"])
+def test_job_ids_must_match_in_full(job_id: str) -> None:
+    with pytest.raises(bgq.ConfigError):
+        check_job_id(job_id)
+
+
+def test_client_refuses_a_queue_name_with_a_newline() -> None:
+    with pytest.raises(bgq.InvalidQueueName):
+        core().enqueue_call("shop\n/emails", JobSpec(task="t"))
+
+
+def test_client_priority_is_strict() -> None:
+    for bad in (True, False, 1.0, "1", 3, -1):
+        with pytest.raises(bgq.ConfigError, match="priority"):
+            core().enqueue_call("shop/emails", JobSpec(task="t", priority=bad))  # type: ignore[arg-type]
+
+
+def test_client_payload_limits_are_payload_errors() -> None:
+    deep: list[Any] = []
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(bgq.PayloadError, match="nested deeper than 64"):
+        core().enqueue_call("shop/emails", JobSpec(task="t", args=[deep]))
+    with pytest.raises(bgq.PayloadError, match="more than 100 digits"):
+        core().enqueue_call("shop/emails", JobSpec(task="t", kwargs={"n": 10**100}))
+    with pytest.raises(bgq.PayloadError):
+        core().enqueue_call("shop/emails", JobSpec(task="t", args=[7**9000]))
+    fine: list[Any] = []
+    for _ in range(60):
+        fine = [fine]
+    _keys, argv = core().enqueue_call("shop/emails", JobSpec(task="t", args=[fine, 10**99]))
+    assert json.loads(argv[1])["args"][1] == 10**99
+
+
 def test_job_ids() -> None:
     assert check_job_id("order-42:v1") == "order-42:v1"
     for bad in ("", "has space", "x" * 201, "a{b}"):
@@ -134,7 +177,7 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
                                                                        7, 12.5)
     assert s.pod_name == "pod-a" and s.log_format == "text"
     assert (s.lease_seconds, s.heartbeat_seconds, s.max_deliveries) == (30, 2, 5)
-    assert (s.default_timeout_seconds, s.default_max_retries, s.http_port) == (300, 3, 8080)
+    assert (s.default_timeout_seconds, s.default_max_retries, s.http_port) == (300, 3, None)
     assert (s.result_ttl_seconds, s.dead_retention_seconds) == (86400, 604800)
 
 
@@ -179,11 +222,19 @@ def test_enqueue_call_layout() -> None:
                                                   unique_key="u", unique_ttl=1.5))
     assert keys == ["bgq:{ns/q}:job:j1", "bgq:{ns/q}:ready:0", "bgq:{ns/q}:delayed",
                     "bgq:{ns/q}:uniq:u", "bgq:{ns/q}:wake"]
-    job_id, text, band, due, _now, ukey, ttl, queue = argv
+    job_id, text, band, due, _now, ukey, ttl, queue, wake_trace = argv
     env = Envelope.model_validate_json(text)
     assert (job_id, band, due, ukey, ttl, queue) == ("j1", 0, 0, "u", 1500, "ns/q")
     assert env.args == [1] and env.kwargs == {"a": 2} and env.priority == 0
     assert env.headers["traceparent"].startswith("00-") and len(env.headers["traceparent"]) == 55
+    assert wake_trace == env.headers["traceparent"]  # ARGV[9]: stored with the wake-up
+
+
+def test_enqueue_call_wake_trace_is_bounded() -> None:
+    _, argv = core().enqueue_call("q", JobSpec("t", headers={"traceparent": "x" * 257}))
+    assert argv[8] == ""  # too long to copy next to the wake-up (the envelope keeps it)
+    _, argv = core().enqueue_call("q", JobSpec("t", headers={"traceparent": "00-abc"}))
+    assert argv[8] == "00-abc"  # copied verbatim; the operator ignores an invalid one
 
 
 def test_enqueue_delay_and_eta() -> None:

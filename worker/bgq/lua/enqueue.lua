@@ -13,6 +13,9 @@
 -- ARGV[6]  unique key ("" = none)
 -- ARGV[7]  unique key TTL in ms; 0 = held until the job completes (succeeded, dead or cancelled)
 -- ARGV[8]  full queue name "<namespace>/<name>" (published on channel bgq:wake)
+-- ARGV[9]  optional: the job's W3C traceparent; when this call publishes the wake-up it is
+--          stored in P:wake:trace (60 s TTL) so the operator's scale decision can link to the
+--          enqueue that woke it. Absent or "" (older producers): P:wake:trace is deleted.
 -- Returns {status, job_id}:
 --   {"enqueued", id}   created
 --   {"exists", id}     a job with this id already exists: nothing changed (idempotent retry)
@@ -48,7 +51,15 @@ else
 end
 redis.call('HSET', job, 'env', ARGV[2], 'state', state, 'attempt', 1, 'band', ARGV[3],
   'enqueued_ms', now, 'uniq', ukey, 'uniq_ttl', ARGV[7], 'entry', entry, 'token', 0)
-if state == 'queued' and redis.call('SET', KEYS[5], '1', 'NX', 'PX', 200) then
+-- delayed jobs wake the operator too: it polls a queue at rest rarely, and must learn of
+-- a job due soon
+if redis.call('SET', KEYS[5], '1', 'NX', 'PX', 200) then
+  local trace = ARGV[9]
+  if trace and trace ~= '' then
+    redis.call('SET', KEYS[5] .. ':trace', trace, 'PX', 60000)
+  else
+    redis.call('DEL', KEYS[5] .. ':trace')
+  end
   redis.call('PUBLISH', 'bgq:wake', ARGV[8])
 end
 return {'enqueued', id}

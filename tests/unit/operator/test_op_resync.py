@@ -1,0 +1,43 @@
+"""Which queues the periodic resync reconciles (a healthy, verified queue costs nothing)."""
+
+from __future__ import annotations
+
+import pytest
+
+from bgq_operator.reconcile import VERIFY_S, needs_resync
+from bgq_operator.state import DeploymentView, Problem, QueueState
+
+NOW = 10_000.0
+
+
+def healthy() -> QueueState:
+    state = QueueState("shop", "orders", uid="u")
+    state.deployment = DeploymentView(replicas=0, generation=4)
+    state.written_generation = 4
+    state.applied = (4, "{manifest}", NOW - 5)
+    state.redis_checked = True
+    return state
+
+
+def test_a_healthy_verified_queue_is_skipped() -> None:
+    assert not needs_resync(healthy(), NOW)
+
+
+@pytest.mark.parametrize(
+    "spoil",
+    [
+        lambda s: setattr(s, "problem", Problem("SecretMissing", "no secret")),
+        lambda s: setattr(s, "redis_error", "cannot reach Redis"),
+        lambda s: setattr(s, "redis_checked", False),
+        lambda s: setattr(s, "deployment", None),
+        lambda s: setattr(s, "applied", None),
+        lambda s: setattr(s, "deployment", DeploymentView(replicas=2, generation=5)),  # scaled
+        lambda s: setattr(s, "applied", (4, "{manifest}", NOW - VERIFY_S)),  # verify again
+    ],
+    ids=["problem", "redis-error", "redis-unchecked", "no-deployment", "never-verified",
+         "generation-moved", "verification-old"],
+)
+def test_anything_unsettled_is_reconciled(spoil: object) -> None:
+    state = healthy()
+    spoil(state)  # type: ignore[operator]
+    assert needs_resync(state, NOW)
