@@ -61,7 +61,7 @@ from tests.e2e.kube import (  # noqa: E402
     load_cluster,
     namespace_name,
 )
-from tests.e2e.podwatch import Api, Container, ContainerEvents, PodWatch, sigkilled  # noqa: E402
+from tests.e2e.podwatch import Api, Container, ContainerEvents, PodWatch, exit_code  # noqa: E402
 
 import bgq  # noqa: E402
 from bgq_operator.manifests import pod_template  # noqa: E402
@@ -226,12 +226,12 @@ class Soak:
         rec = self.watch.snapshot()[cycle.pod]
         c = self.events.by_pod(cycle.pod)
         if c is not None and c.exited is not None:
-            cycle.exited_at, cycle.exit_code = c.exited, c.exit_status
-        if rec.terminated is None:
-            cycle.no_state = True
-        else:
-            cycle.exit_code = rec.terminated.get("exitCode", cycle.exit_code)
-        cycle.killed = sigkilled(rec) or cycle.exit_code == 137
+            cycle.exited_at = c.exited
+        cycle.no_state = rec.terminated is None
+        # containerd's exit status (the process's own) over the kubelet's record, which can say
+        # 137 "ContainerStatusUnknown" for a clean exit it did not read in time
+        cycle.exit_code = exit_code(rec, c)
+        cycle.killed = cycle.exit_code == 137
 
     def wait_busy(self, pod: str, timeout: float) -> None:
         """Until the pod's worker heartbeat says ``busy`` (it runs jobs; more are prefetched)."""

@@ -165,8 +165,24 @@ class ContainerEvents:
 
     def by_pod(self, pod: str) -> Container | None:
         with self.lock:
-            found = [c for c in self.containers.values() if c.pod == pod]
+            return self._last(pod)
+
+    def _last(self, pod: str) -> Container | None:
+        found = [c for c in self.containers.values() if c.pod == pod]
         return found[-1] if found else None
+
+    def wait_exit(self, pod: str, timeout: float) -> Container:
+        """Block until the pod's (last) worker container has exited; its ``exit_status`` is then
+        what the process returned, as containerd saw it."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while (c := self._last(pod)) is None or c.exited is None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"timed out after {timeout:.0f} s waiting for the worker "
+                                       f"container of {pod} to exit (containerd saw: {c})")
+                self.changed.wait(min(left, 1.0))
+            return c
 
     def close(self) -> None:
         self.proc.terminate()
@@ -284,6 +300,22 @@ class PodWatch:
 
 
 def sigkilled(rec: PodRecord) -> bool:
-    """The container was killed (exit 137, or a terminated state that is not a clean exit)."""
+    """The kubelet reports the container as killed (exit 137 or signal 9).
+
+    Under load the kubelet can also report 137 with reason ``ContainerStatusUnknown`` for a
+    container that exited on its own: the pod's containers were removed before its status sync
+    read the exit (kubelet_pods.go, "could not be located when the pod was terminated"). Prefer
+    :func:`exit_code`, which takes containerd's word when it has it.
+    """
     term = rec.terminated or {}
     return term.get("exitCode") == SIGKILL_EXIT or term.get("signal") == 9
+
+
+def exit_code(rec: PodRecord, container: Container | None) -> int | None:
+    """The worker container's exit code: containerd's (the process's own, from the event stream)
+    when it was seen, else the kubelet's reported one."""
+    if container is not None and container.exit_status is not None:
+        return container.exit_status
+    term = rec.terminated or {}
+    code = term.get("exitCode")
+    return code if isinstance(code, int) else None

@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 from tests.e2e.kube import Cluster, HostRedis
-from tests.e2e.podwatch import Api, Container, ContainerEvents, PodRecord, PodWatch, sigkilled
+from tests.e2e.podwatch import Api, Container, ContainerEvents, PodRecord, PodWatch, exit_code
 
 import bgq
 from bgq_operator.manifests import build_deployment, pod_template
@@ -142,12 +142,12 @@ def test_pod_deleted_at_any_moment_of_its_first_seconds_drains_and_exits_0(
             recs = watch.snapshot()
             report = describe(recs, events)
             for name, delay in delay_of.items():
-                rec, c = recs[name], events.by_pod(name)
-                assert rec.terminated is not None, f"{name}: no terminated state seen\n{report}"
-                assert not sigkilled(rec), f"{name} (delay {delay}s) was SIGKILLed\n{report}"
-                assert rec.terminated["exitCode"] == 0, f"{name} (delay {delay}s)\n{report}"
+                rec, c = recs[name], events.wait_exit(name, 10)
+                # containerd's exit status is the process's own; the kubelet's record can say
+                # 137 "ContainerStatusUnknown" for a clean exit it did not read in time
+                assert exit_code(rec, c) == 0, f"{name} (delay {delay}s) did not exit 0\n{report}"
                 assert rec.restarts == 0, f"{name} restarted\n{report}"
-                assert c is not None and c.exited is not None, report
+                assert c.exited is not None, report
                 # exit 0 already proves it beat the SIGKILL; the time is in the message. (A
                 # SIGTERM recorded during the imports is acted on once they are done: with six
                 # pods starting at once on a loaded 2-core machine that took up to ~12 s.)
@@ -160,8 +160,8 @@ def test_pod_deleted_at_any_moment_of_its_first_seconds_drains_and_exits_0(
             assert_each_job_ran_once(client, r, queue, ledger, ids)
             api.delete_pod(namespace, "w-final")
             watch.wait(lambda pods: pods["w-final"].deleted, grace + 10, "w-final to be gone")
-            final = watch.snapshot()["w-final"]
-            assert final.terminated is not None and final.terminated["exitCode"] == 0, final
+            final, c = watch.snapshot()["w-final"], events.wait_exit("w-final", 10)
+            assert exit_code(final, c) == 0, (final, c)
     finally:
         r.close()
         watch.close()
@@ -222,9 +222,8 @@ def test_rolling_update_with_jobs_in_flight_drains_every_old_pod(
             for name in old_pods:
                 rec = recs[name]
                 assert rec.image == worker_image, report
-                assert rec.terminated is not None, f"{name}: no terminated state\n{report}"
-                assert not sigkilled(rec), f"{name} was SIGKILLed\n{report}"
-                assert rec.terminated["exitCode"] == 0, f"{name}\n{report}"
+                c = events.wait_exit(name, 10)
+                assert exit_code(rec, c) == 0, f"{name} did not exit 0\n{report}"
             new_pods = [n for n, rec in recs.items() if not rec.deleted]
             assert len(new_pods) == replicas and all(
                 recs[n].image == new_image for n in new_pods), report
