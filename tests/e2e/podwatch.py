@@ -304,7 +304,8 @@ def sigkilled(rec: PodRecord) -> bool:
 
     Under load the kubelet can also report 137 with reason ``ContainerStatusUnknown`` for a
     container that exited on its own: the pod's containers were removed before its status sync
-    read the exit (kubelet_pods.go, "could not be located when the pod was terminated"). Prefer
+    read the exit ("The container could not be located when the pod was deleted. The container
+    used to be Running"). Prefer
     :func:`exit_code`, which takes containerd's word when it has it.
     """
     term = rec.terminated or {}
