@@ -25,9 +25,17 @@ moment (``--sequential`` runs the systems one after another instead). Jobs are
 
 Per trace and system: replica-seconds (pods existing x time, starting and terminating pods
 included, from a pod watch), p50/p95/max enqueue -> start (of the run that finished), jobs
-interrupted by scale-in (handed out more than once: the job hash's delivery ``token`` > 1),
+interrupted by scale-in (started more than once, see below),
 time from the first enqueue to the first Ready pod, time from the last job's end to zero pods,
 replica changes (``spec.replicas`` writes, from a Deployment watch), peak pods, unfinished jobs.
+Jobs are ``e2e_tasks.counted_sleep``, which counts each start of a job in a Redis hash: a job
+started more than once was interrupted.
+
+KEDA's trigger: ``--keda-metric streamLength`` (default) scales on ``XLEN`` of the stream, which
+for bgq is backlog + in flight (bgq deletes an entry when its job is acked). ``lagCount`` (what a
+Streams user would pick first) does not work on bgq's streams: after an acked entry is deleted,
+Redis can no longer compute the group's lag and ``XINFO GROUPS`` reports it as nil, which KEDA's
+go-redis client turns into -1; ``--keda-metric lagCount`` runs it anyway to show the effect.
 The simulator runs the same shortened traces with the cluster's measured pod start time, and its
 predictions are printed below the live table (calibration). A markdown report is printed and
 written to ``--out`` (default bench/results/keda_live.md).
@@ -186,16 +194,19 @@ def worker_spec(redis_url: str, image: str, args: argparse.Namespace) -> dict[st
 def scaled_object(namespace: str, redis_address: str, args: argparse.Namespace,
                   tuned: bool) -> dict[str, Any]:
     queue = bgq.QueueName.parse(f"{namespace}/{QUEUE}")
+    metadata = {
+        "address": redis_address,
+        "stream": queue.keys.ready[1],  # band 1: "normal", where enqueue puts jobs
+    }
+    if args.keda_metric == "lagCount":
+        metadata |= {"consumerGroup": "workers", "lagCount": str(args.concurrency)}
+    else:  # no consumerGroup: XLEN, i.e. backlog + in flight on a bgq stream
+        metadata |= {"streamLength": str(args.concurrency)}
     spec: dict[str, Any] = {
         "scaleTargetRef": {"name": f"bgq-{QUEUE}"},
         "minReplicaCount": 0,
         "maxReplicaCount": args.max_replicas,
-        "triggers": [{"type": "redis-streams", "metadata": {
-            "address": redis_address,
-            "stream": queue.keys.ready[1],  # band 1: "normal", where enqueue puts jobs
-            "consumerGroup": "workers",
-            "lagCount": str(args.concurrency),
-        }}],
+        "triggers": [{"type": "redis-streams", "metadata": metadata}],
     }
     if tuned:
         spec |= {"pollingInterval": 5, "cooldownPeriod": 60, "advanced": {
@@ -286,12 +297,18 @@ def drive(trace: sim.Trace, runs: list[Run], client: bgq.Client, t0: float) -> N
     """Enqueue every job of the trace at its arrival time into every run's queue."""
     groups = itertools.groupby(trace.jobs, key=lambda j: round(j[0], 2))
     for arrival, group in groups:
-        specs = [bgq.JobSpec("sleep", (d,)) for _, d in group]
+        durations = [d for _, d in group]
         delay = t0 + arrival - time.time()
         if delay > 0:
             time.sleep(delay)
         for run in runs:
+            specs = [bgq.JobSpec("counted_sleep", (d, tally_key(run))) for d in durations]
             run.job_ids.extend(j.id for j in client.enqueue_many(run.queue, specs))
+
+
+def tally_key(run: Run) -> str:
+    """The hash in which ``e2e_tasks.counted_sleep`` counts each job's starts."""
+    return f"keda-live:starts:{run.namespace}"
 
 
 def settled(run: Run, client: bgq.Client) -> bool:
@@ -352,9 +369,12 @@ def collect(run: Run, client: bgq.Client) -> Result:
         pipe.hmget(q.keys.job(jid), "enqueued_ms", "started_ms", "finished_ms", "token",
                    "state")
     rows = pipe.execute()
-    waits, finished, interrupted, unfinished = [], [], 0, 0
+    starts_of = {(k.decode() if isinstance(k, bytes) else k): int(v)
+                 for k, v in client.redis.hgetall(tally_key(run)).items()}
+    interrupted = sum(1 for jid in run.job_ids if starts_of.get(jid, 0) > 1)
+    waits, finished, unfinished = [], [], 0
     first_enqueue = math.inf
-    for enq, start, fin, token, state in rows:
+    for enq, start, fin, _token, state in rows:
         first_enqueue = min(first_enqueue, int(enq or 0) / 1000 or math.inf)
         if start and int(start):
             waits.append((int(start) - int(enq)) / 1000)
@@ -362,8 +382,6 @@ def collect(run: Run, client: bgq.Client) -> Result:
             unfinished += 1
         elif fin:
             finished.append(int(fin) / 1000)
-        if int(token or 0) > 1:
-            interrupted += 1
     assert run.pods is not None and run.replicas is not None
     tl = PodTimeline.parse(run.pods.snapshot())
     reps = [(t, int(v)) for t, v in run.replicas.snapshot() if v.isdigit()]
@@ -494,7 +512,7 @@ def versions(cluster: Cluster) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trace", action="append", choices=sorted(SHORTEN),
-                        help="trace(s) to run (default: spike)")
+                        help="trace(s) to run (default: all four)")
     parser.add_argument("--systems", nargs="+", choices=SYSTEMS, default=list(SYSTEMS))
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--concurrency", type=int, default=10, help="job slots per pod")
@@ -502,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sequential", action="store_true",
                         help="run the systems one after another (default: side by side)")
     parser.add_argument("--keep-keda", action="store_true", help="leave KEDA installed")
+    parser.add_argument("--keda-metric", choices=["streamLength", "lagCount"],
+                        default="streamLength",
+                        help="the redis-streams trigger's metric (default streamLength; see above)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "keda_live.md")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -519,13 +540,22 @@ def main(argv: list[str] | None = None) -> int:
         ctx = keda_running(args.keep_keda) if set(args.systems) - {"bgq"} \
             else contextlib.nullcontext()
         with ctx:
-            for key in args.trace or ["spike"]:
+            for key in args.trace or list(SHORTEN):
                 rows.append(run_trace(cluster, redis, image, key, args, logdir))
+                write_report(rows, args, cluster, started)  # partial results survive a crash
     finally:
         redis.stop()
+    write_report(rows, args, cluster, started, final=True)
+    return 0
+
+
+def write_report(rows: list[tuple[sim.Trace, list[Result]]], args: argparse.Namespace,
+                 cluster: Cluster, started: float, final: bool = False) -> None:
+    """The markdown report (and its JSON) in ``args.out``; printed when ``final``."""
     report = [
         f"keda_live seed={args.seed} concurrency={args.concurrency} max={args.max_replicas} "
-        f"{'sequential' if args.sequential else 'side by side'}; {versions(cluster)}",
+        f"{'sequential' if args.sequential else 'side by side'}, KEDA trigger "
+        f"redis-streams {args.keda_metric}; {versions(cluster)}",
         "",
         *(f"- {t.name}: {t.description} ({len(t.jobs)} jobs)" for t, _ in rows),
         "",
@@ -539,14 +569,14 @@ def main(argv: list[str] | None = None) -> int:
         f"({time.time() - started:.0f}s wall)",
     ]
     text = "\n".join(report)
-    print(text)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text + "\n")
-    print(f"written to {args.out}", file=sys.stderr)
     args.out.with_suffix(".json").write_text(json.dumps(
         {"args": {k: str(v) for k, v in vars(args).items()},
          "results": [[t.name, [r.__dict__ for r in rs]] for t, rs in rows]}, indent=1))
-    return 0
+    if final:
+        print(text)
+        print(f"written to {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -33,6 +33,20 @@ def sleep(seconds: float) -> dict[str, Any]:
 
 
 @bgq.task
+def counted_sleep(seconds: float, tally: str) -> dict[str, Any]:
+    """:func:`sleep`, first counting this start of the job in the Redis hash ``tally`` (job id ->
+    starts) on the worker's own Redis: a job started more than once was interrupted (cut off by a
+    SIGKILL or handed back by a drain after it had started), which the delivery count alone does
+    not tell (a prefetched job handed back unstarted is delivered twice but never interrupted).
+    Used by bench/keda_live.py."""
+    import redis
+
+    with redis.Redis.from_url(os.environ["BGQ_REDIS_URL"]) as r:
+        r.hincrby(tally, bgq.current_job().job_id, 1)
+    return sleep(seconds)
+
+
+@bgq.task
 def record(value: Any) -> dict[str, Any]:
     """Echo ``value`` with the pod that processed it."""
     return {"pod": _pod(), "value": value}
