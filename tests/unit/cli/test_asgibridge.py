@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+
 import httpx
 import pytest
 
@@ -212,9 +213,8 @@ async def test_the_client_leaving_ends_the_stream(
     await asyncio.wait_for(reader.readuntil(b"tick\n"), 5)
     writer.close()
     await asyncio.wait_for(app.disconnected.wait(), 5)
-    deadline = time.monotonic() + 5
-    while bridge._running and time.monotonic() < deadline:  # the app task is gone too
-        await asyncio.sleep(0.02)
+    # the application's task (and its reaper) end too
+    await asyncio.wait_for(asyncio.gather(*list(bridge._running), return_exceptions=True), 5)
     assert not bridge._running
 
 

@@ -131,9 +131,9 @@ class _Guard:
         length = headers.get(b"content-length", b"")
         if length and (not length.isdigit() or int(length) > self.max_body):
             status = 413 if length.isdigit() else 400
-            await PlainTextResponse(
-                "request body too large\n" if status == 413 else "bad Content-Length\n", status
-            )(scope, receive, send_with_headers)
+            await PlainTextResponse("request body too large\n" if status == 413 else
+                                    "bad Content-Length\n", status)(scope, receive,
+                                                                    send_with_headers)
             return
         seen = 0
 
