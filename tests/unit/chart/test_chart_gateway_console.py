@@ -98,3 +98,11 @@ def test_schema_knows_the_option(helm: Path, tmp_path: Path) -> None:
 def test_helm_lint_strict_with_the_console_in_the_gateway(helm: Path, tmp_path: Path) -> None:
     result = run_helm(helm, "lint", "--strict", str(CHART), *values_args(WITH_CONSOLE, tmp_path))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_notes_give_the_console_url(render: Render, tmp_path: Path) -> None:
+    from test_chart import render_notes
+
+    notes = render_notes(render, WITH_CONSOLE, tmp_path / "on")
+    assert "/console/ (its own login" in notes and "svc:8000/console/" in notes
+    assert "/console/" not in render_notes(render, GATEWAY, tmp_path / "off")
