@@ -924,13 +924,15 @@ class HttpServer:
     ) -> bool:
         """Write a streaming answer piece by piece; returns whether to keep the connection.
 
-        Of unknown length it is chunked and closes the connection afterwards, which lets a
-        watcher read the socket meanwhile: the client closing it sets ``request.disconnected``
-        (and so does :meth:`stop`), which ends the stream. Of known length it keeps the
-        connection alive unless the body does not match the length (then it is closed).
+        Of unknown length it is chunked (HTTP/1.0: delimited by the close) and closes the
+        connection afterwards, which lets a watcher read the socket meanwhile: the client
+        closing it sets ``request.disconnected`` (and so does :meth:`stop`), which ends the
+        stream. Of known length it keeps the connection alive unless the body does not match
+        the length (then it is closed).
         """
-        chunked = response.length is None
-        keep_alive = keep_alive and not chunked
+        unknown = response.length is None
+        chunked = unknown and request.http_version == "1.1"  # HTTP/1.0: the close delimits it
+        keep_alive = keep_alive and not unknown
         watcher: asyncio.Task[None] | None = None
         pieces: AsyncIterator[bytes] | None = None
         try:
@@ -938,14 +940,14 @@ class HttpServer:
             lines = self._head_lines(response.status, list(response.headers), skip)
             if response.length is not None:
                 lines.append(f"Content-Length: {response.length}")
-            elif not head_only:
+            elif chunked and not head_only:
                 lines.append("Transfer-Encoding: chunked")
             lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
             writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace"))
             await self._drain(writer)
             if head_only:
                 return keep_alive
-            if chunked:
+            if unknown:
                 watcher = asyncio.create_task(self._watch_eof(reader, request.disconnected))
             sent = 0
             pieces = _until(response.body, request.disconnected)
@@ -969,10 +971,11 @@ class HttpServer:
                     return False
                 writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
                 await self._drain(writer)
-            if chunked:
-                with contextlib.suppress(Exception):  # the client may be gone already
-                    writer.write(b"0\r\n\r\n")
-                    await self._drain(writer)
+            if unknown:
+                if chunked:
+                    with contextlib.suppress(Exception):  # the client may be gone already
+                        writer.write(b"0\r\n\r\n")
+                        await self._drain(writer)
                 return False
             return keep_alive and sent == response.length and not request.disconnected.is_set()
         finally:

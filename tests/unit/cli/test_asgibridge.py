@@ -192,6 +192,17 @@ async def test_a_stream_is_chunked_and_flushed_per_message(
     writer.close()
 
 
+async def test_an_http10_stream_is_delimited_by_the_close(
+    mounted: tuple[HttpServer, App, AsgiBridge],
+) -> None:
+    srv, app, _ = mounted
+    app.release.set()
+    out = await raw(srv, b"GET /console/stream HTTP/1.0\r\n\r\n")
+    head, _, body = out.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding" not in head and b"Connection: close" in head
+    assert body == b"one\ntwo\n"
+
+
 async def test_a_known_length_answer_in_pieces_keeps_the_connection(
     mounted: tuple[HttpServer, App, AsgiBridge],
 ) -> None:
