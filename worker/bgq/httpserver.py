@@ -145,9 +145,9 @@ class StreamingResponse:
 
     ``headers`` is a list (``Set-Cookie`` may repeat) and carries ``Content-Type``; the server
     sets the framing itself: ``Content-Length: length`` when the length is known up front, else
-    ``Transfer-Encoding: chunked`` and ``Connection: close``. Each piece of ``body`` is flushed
-    before the next is asked for. The server closes ``body`` (``aclose``) when it stops reading
-    early: the client left, a write timed out, the server stops.
+    ``Transfer-Encoding: chunked`` (HTTP/1.0: none) and ``Connection: close``. Each piece of
+    ``body`` is flushed before the next is asked for. The server closes ``body`` (``aclose``)
+    when it stops reading early: the client left, a write timed out, the server stops.
     """
 
     status: int
