@@ -78,8 +78,6 @@ EXIT_TIMEOUT = 4
 EXIT_INTERRUPTED = 130
 
 
-
-
 class CliError(Exception):
     """An expected failure: ``message`` goes to stderr as one line, ``code`` is the exit status."""
 
@@ -387,6 +385,11 @@ def build_parser() -> argparse.ArgumentParser:
     gateway.add_argument(
         "--port", type=_port, default=None, help="port (default $BGQ_GATEWAY_PORT, else 8080)"
     )
+    gateway.add_argument(
+        "--console", action="store_true", default=None,
+        help="also serve the web console under /console/ (default $BGQ_GATEWAY_CONSOLE; "
+        "needs bgq[console]; configured like bgq console, by BGQ_CONSOLE_* variables)",
+    )  # fmt: skip
 
     console = command("console", "serve the web console (see docs/console.md; bgq[console])")
     console.add_argument("--host", default="0.0.0.0", help="bind address (default 0.0.0.0)")
@@ -969,29 +972,56 @@ def _cmd_worker(args: argparse.Namespace, out: IO[str]) -> int:
         return int(worker_main(argv) or 0)
 
 
+def _gateway_console(args: argparse.Namespace) -> bool:
+    """``--console``, else ``BGQ_GATEWAY_CONSOLE`` (true/false)."""
+    if args.console:
+        return True
+    value = os.environ.get("BGQ_GATEWAY_CONSOLE", "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise CliError(f"BGQ_GATEWAY_CONSOLE must be true or false, got {value!r}", EXIT_USAGE)
+
+
+def _console_module() -> Any:
+    """``bgq.console``, or the one-line error naming the extra (it is optional)."""
+    try:
+        return importlib.import_module("bgq.console")
+    except ImportError as exc:
+        raise CliError(
+            f"the console needs its extra: pip install 'bgq[console]' ({exc})", EXIT_FAILED
+        ) from None
+
+
 def _cmd_gateway(args: argparse.Namespace, out: IO[str]) -> int:
     import logging
 
     from bgq.gateway import serve
 
+    # before anything starts: a missing extra is a one-line error, not a traceback
+    console = _console_module() if _gateway_console(args) else None
     logging.basicConfig(
         level=os.environ.get("BGQ_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     with _translate_errors(_redis_url(args)):
-        asyncio.run(serve(redis_url=_redis_url(args), host=args.host or "0.0.0.0", port=args.port))
+        apps = None
+        if console is not None:
+            config = console.config_from_env(_redis_url(args))
+            apps = {"/console": console.create_app(config)}
+        asyncio.run(
+            serve(
+                redis_url=_redis_url(args), host=args.host or "0.0.0.0", port=args.port, apps=apps
+            )
+        )
     return EXIT_OK
 
 
 def _cmd_console(args: argparse.Namespace, out: IO[str]) -> int:
     import logging
 
-    try:
-        console = importlib.import_module("bgq.console")
-    except ImportError as exc:
-        raise CliError(
-            f"the console needs its extra: pip install 'bgq[console]' ({exc})", EXIT_FAILED
-        ) from None
+    console = _console_module()
     logging.basicConfig(
         level=os.environ.get("BGQ_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -20,6 +20,10 @@ Design points:
 * Optional bearer-token auth: when ``BGQ_GATEWAY_TOKEN`` is set (mount it from a Secret by
   reference), every ``/v1`` request needs ``Authorization: Bearer <token>``. Probes and
   ``/metrics`` stay open so kubelet and Prometheus need no secret.
+* Optional ASGI applications under a path prefix (``bgq gateway --console`` mounts the web
+  console at ``/console/``, see docs/gateway.md): served by :mod:`bgq.asgibridge` behind the
+  same HTTP server and limits; the token guard is for ``/v1`` only (the console has its own
+  login). This module never imports the console: the CLI builds it and passes it in.
 
 The Redis work is behind :class:`QueueBackend`, implemented on top of ``bgq.AsyncClient``.
 """
@@ -36,7 +40,7 @@ import math
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Protocol, TypeVar
 
@@ -45,6 +49,7 @@ import redis
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bgq import safejson
+from bgq.asgibridge import ASGIApp, AsgiBridge
 from bgq.client import AsyncClient, JobInfo, JobSpec
 from bgq.connection import redact, unavailable
 from bgq.errors import (
@@ -55,7 +60,7 @@ from bgq.errors import (
     PayloadTooLarge,
     RedisUnavailable,
 )
-from bgq.httpserver import HttpServer, Request, Response
+from bgq.httpserver import HttpServer, Request, Response, StreamingResponse
 from bgq.kubeauth import AuthUnavailable, KubeAuth
 from bgq.protocol import PRIORITIES, QueueName, check_job_id
 from bgq.stats import QueueDemand
@@ -323,6 +328,8 @@ class Gateway:
     """The gateway's HTTP routes over a :class:`QueueBackend`.
 
     ``token``: when set, ``/v1`` requests need ``Authorization: Bearer <token>``.
+    ``apps``: ASGI applications by path prefix (``{"/console": app}``), served under
+    ``prefix/`` with ``root_path = prefix``; their lifespan runs in :meth:`start` / :meth:`stop`.
     """
 
     def __init__(
@@ -335,6 +342,7 @@ class Gateway:
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
         limits: dict[str, float] | None = None,
         kube_auth: KubeAuth | None = None,
+        apps: Mapping[str, ASGIApp] | None = None,
     ) -> None:
         self.backend = backend
         self.token = token or None
@@ -361,6 +369,9 @@ class Gateway:
         ]
         for method, pattern, handler in routes:
             self.server.route(method, pattern, self._instrument(pattern, handler))
+        self.bridges = [AsgiBridge(app, prefix) for prefix, app in (apps or {}).items()]
+        for bridge in self.bridges:
+            self.server.mount(bridge.root_path, self._count(bridge.root_path, bridge))
         prometheus_client.Gauge(
             "bgq_gateway_http_connections",
             "Open HTTP connections (capped; over the cap new ones are answered 503).",
@@ -378,19 +389,26 @@ class Gateway:
         return self.server.port
 
     async def start(self) -> None:
-        """Start serving (binds the port)."""
+        """Start serving (binds the port); mounted applications start first."""
+        for bridge in self.bridges:
+            await bridge.startup()
         await self.server.start()
         modes = [m for m, on in (("token", self.token), ("serviceaccount", self.kube_auth)) if on]
+        mounted = "".join(f", {b.root_path}/ mounted" for b in self.bridges)
         log.info(
-            "bgq gateway listening on %s:%s (auth: %s)",
+            "bgq gateway listening on %s:%s (auth: %s%s)",
             self.server.host,
             self.server.port,
             " + ".join(modes) or "off",
+            mounted,
         )
 
     async def stop(self) -> None:
-        """Stop serving; requests in progress finish first."""
+        """Stop serving; requests in progress finish first (streams end at once), then the
+        mounted applications shut down."""
         await self.server.stop()
+        for bridge in self.bridges:
+            await bridge.shutdown()
 
     # -- plumbing ----------------------------------------------------------------------------
 
@@ -461,6 +479,25 @@ class Gateway:
             return response
 
         return wrapped
+
+    def _count(
+        self, prefix: str, handler: Callable[[Request], Awaitable[Response | StreamingResponse]]
+    ) -> Callable[[Request], Awaitable[Response | StreamingResponse]]:
+        """A mounted application's requests in the gateway's metrics (route label: the prefix;
+        the duration is until the answer starts)."""
+
+        async def counted(request: Request) -> Response | StreamingResponse:
+            started = time.perf_counter()
+            status = "500"
+            try:
+                response = await handler(request)
+                status = str(response.status)
+                return response
+            finally:
+                self.metrics.requests.labels(prefix, status).inc()
+                self.metrics.latency.labels(prefix).observe(time.perf_counter() - started)
+
+        return counted
 
     def _authorized(self, request: Request) -> bool:
         if self.token is None:
@@ -774,11 +811,13 @@ async def serve(
     token: str | None = None,
     ready: Callable[[Gateway], None] | None = None,
     stop: asyncio.Event | None = None,
+    apps: Mapping[str, ASGIApp] | None = None,
 ) -> None:
     """Run the gateway until SIGTERM/SIGINT (or ``stop`` is set), then stop gracefully.
 
     ``port`` defaults to ``BGQ_GATEWAY_PORT``, else 8080; ``token`` to :func:`token_from_env`.
-    ``ready`` is called once the port is bound (tests use it to learn the port).
+    ``ready`` is called once the port is bound (tests use it to learn the port). ``apps``:
+    ASGI applications to mount by prefix (``bgq gateway --console``).
     """
     import signal
 
@@ -799,6 +838,7 @@ async def serve(
         max_body_bytes=max_body,
         limits=limits,
         kube_auth=kube_auth,
+        apps=apps,
     )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -32,8 +32,16 @@ in the cluster:
 * Keep-alive (the HTTP/1.1 default; ``Connection: close`` honoured; HTTP/1.0 closes unless asked
   to keep alive), ``Expect: 100-continue``, ``HEAD`` answered by the ``GET`` handler without a
   body, routing by method and path pattern (``/v1/queues/{namespace}/{name}/jobs``).
-* ``stop()`` closes the listener, lets requests in progress finish for a short grace period,
-  then cancels what is left and closes every connection.
+* **Prefix mounts and streaming answers.** ``mount("/console", handler)`` hands every request
+  under ``/console/`` (any method; the bare prefix is redirected ``308`` to ``/console/``) to one
+  handler, after the same parsing, limits and guard as any route. A handler may answer a
+  :class:`StreamingResponse`: its body is written as it is produced, each piece flushed under
+  ``write_timeout`` (``chunked`` when its length is unknown; such a stream ends the connection,
+  so the server may watch the socket and tell the handler, by ``Request.disconnected``, that
+  the client left). :mod:`bgq.asgibridge` builds on this to serve an ASGI application.
+* ``stop()`` closes the listener, ends streaming answers at once (``Request.disconnected``; a
+  server-sent-events stream never finishes by itself), lets requests in progress finish for a
+  short grace period, then cancels what is left and closes every connection.
 """
 
 from __future__ import annotations
@@ -45,12 +53,22 @@ import logging
 import re
 import resource
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
+from typing import Any
 from urllib.parse import parse_qsl, unquote
 
-__all__ = ["ErrorResponse", "Guard", "Handler", "HttpServer", "Request", "Response"]
+__all__ = [
+    "ErrorResponse",
+    "Guard",
+    "Handler",
+    "HttpServer",
+    "MountHandler",
+    "Request",
+    "Response",
+    "StreamingResponse",
+]
 
 log = logging.getLogger("bgq.http")
 
@@ -83,7 +101,11 @@ _CANONICAL = {
 class Request:
     """One parsed HTTP request. Header names are lower-cased; ``path`` is percent-decoded.
 
-    ``route`` is the matched route pattern (``""`` before routing).
+    ``route`` is the matched route pattern (``""`` before routing; the prefix for a mount).
+    ``raw_path`` and ``query_string`` are the request target as sent (before decoding),
+    ``client`` and ``server`` the socket's peer and local address: an ASGI scope needs them.
+    ``disconnected`` is set once the answer can no longer be delivered or must end: the client
+    left during a streaming answer, the answer was written, or the server is stopping.
     """
 
     method: str
@@ -93,6 +115,12 @@ class Request:
     body: bytes
     path_params: dict[str, str]
     route: str = ""
+    raw_path: str = ""
+    query_string: str = ""
+    http_version: str = "1.1"
+    client: tuple[str, int] | None = None
+    server: tuple[str, int] | None = None
+    disconnected: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 @dataclass
@@ -111,7 +139,26 @@ class Response:
         return cls(status=status, body=body, content_type="application/json")
 
 
+@dataclass
+class StreamingResponse:
+    """An answer whose body is produced while it is written (a mount's handler may return one).
+
+    ``headers`` is a list (``Set-Cookie`` may repeat) and carries ``Content-Type``; the server
+    sets the framing itself: ``Content-Length: length`` when the length is known up front, else
+    ``Transfer-Encoding: chunked`` (HTTP/1.0: none) and ``Connection: close``. Each piece of
+    ``body`` is flushed before the next is asked for. The server closes ``body`` (``aclose``)
+    when it stops reading early: the client left, a write timed out, the server stops.
+    """
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: AsyncIterator[bytes]
+    length: int | None = None
+
+
 Handler = Callable[[Request], Awaitable[Response]]
+MountHandler = Callable[[Request], Awaitable[Response | StreamingResponse]]
+"""Serves every request under a prefix (:meth:`HttpServer.mount`)."""
 ErrorResponse = Callable[[int, str], Response]
 """Builds the body of the server's own errors (400, 404, 405, 408, 413, 431, 503, ...)."""
 Guard = Callable[[Request], Awaitable[Response | None]]
@@ -134,7 +181,7 @@ class _Route:
     method: str
     pattern: str
     parts: list[tuple[bool, str]]  # (is_param, literal text or parameter name)
-    handler: Handler
+    handler: MountHandler
 
     def match(self, segments: list[str]) -> dict[str, str] | None:
         if len(segments) != len(self.parts):
@@ -163,6 +210,13 @@ class _Head:
 def _split_path(path: str) -> list[str]:
     """Split ``/a/b%2Fc/d`` into segments ``["a", "b/c", "d"]``, decoding after splitting."""
     return [unquote(part) for part in path.split("/")[1:]]
+
+
+def _address(info: object) -> tuple[str, int] | None:
+    """``(host, port)`` of a socket address (IPv6 addresses carry two more fields)."""
+    if isinstance(info, tuple) and len(info) >= 2:
+        return str(info[0]), int(info[1])
+    return None
 
 
 def _plain(status: int, message: str) -> Response:
@@ -303,6 +357,8 @@ class HttpServer:
         self._budget = _Budget(max(max_buffered_bytes, max_body_bytes))
         self._refusals = _RateLimit()
         self._routes: list[_Route] = []
+        self._mounts: list[_Route] = []
+        self._answering: set[asyncio.Event] = set()  # Request.disconnected of requests in hand
         self._server: asyncio.Server | None = None
         self._port: int | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -336,6 +392,19 @@ class HttpServer:
             else:
                 parts.append((False, segment))
         self._routes.append(_Route(method, pattern, parts, handler))
+
+    def mount(self, prefix: str, handler: MountHandler) -> None:
+        """Serve every request under ``prefix + "/"`` (any method) with ``handler``.
+
+        Routes are tried first. ``prefix`` itself is answered ``308`` to ``prefix + "/"`` (with
+        the query kept). Matching is on the raw path, so ``/console%2F`` is not under
+        ``/console/``. The guard sees ``Request.route == prefix``.
+        """
+        if not prefix.startswith("/") or prefix.endswith("/") or not _TARGET.fullmatch(prefix):
+            raise ValueError(f"mount prefix must be like '/console': {prefix!r}")
+        if any(c in prefix for c in "?#%{}"):
+            raise ValueError(f"mount prefix must be a plain path: {prefix!r}")
+        self._mounts.append(_Route("*", prefix, [], handler))
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -381,6 +450,8 @@ class HttpServer:
             return
         self._stopping = True
         server.close()
+        for event in list(self._answering):  # streams end now; plain handlers do not look
+            event.set()
         # Idle keep-alive connections are closed now; busy ones get the grace period.
         for task in self._connections - self._busy:
             task.cancel()
@@ -533,6 +604,11 @@ class HttpServer:
             headers=head.headers,
             body=b"",
             path_params={},
+            raw_path=path,
+            query_string=query_string,
+            http_version=head.version.removeprefix("HTTP/"),
+            client=_address(writer.get_extra_info("peername")),
+            server=_address(writer.get_extra_info("sockname")),
         )
         found = self._find_route(request, path)
         early: Response | None = found if isinstance(found, Response) else None
@@ -548,19 +624,29 @@ class HttpServer:
         assert isinstance(found, _Route)
 
         taken = 0
+        self._answering.add(request.disconnected)
         try:
             try:
-                request.body, taken = await self._read_body(head, reader, writer)
-            except _HttpError as err:
-                await self._write(writer, self._error_for(err), keep_alive=False)
-                await self._linger(reader, writer)
-                return False
-            response = await self._call(found, request)
+                try:
+                    request.body, taken = await self._read_body(head, reader, writer)
+                except _HttpError as err:
+                    await self._write(writer, self._error_for(err), keep_alive=False)
+                    await self._linger(reader, writer)
+                    return False
+                response = await self._call(found, request)
+            finally:
+                self._budget.give(taken)
+            keep_alive = keep_alive and not self._stopping
+            head_only = head.method == "HEAD"
+            if isinstance(response, StreamingResponse):
+                return await self._stream(
+                    reader, writer, request, response, keep_alive=keep_alive, head_only=head_only
+                )
+            await self._write(writer, response, keep_alive=keep_alive, head_only=head_only)
+            return keep_alive
         finally:
-            self._budget.give(taken)
-        keep_alive = keep_alive and not self._stopping
-        await self._write(writer, response, keep_alive=keep_alive, head_only=head.method == "HEAD")
-        return keep_alive
+            self._answering.discard(request.disconnected)
+            request.disconnected.set()
 
     def _parse_head(self, raw: bytes) -> _Head:
         text = raw.decode("latin-1")  # latin-1 decodes any byte; bytes >= 0x80 are obs-text
@@ -655,6 +741,15 @@ class HttpServer:
             request.path_params = params
             request.route = candidate.pattern
             return candidate
+        for mount in self._mounts:
+            if raw_path == mount.pattern:
+                query = f"?{request.query_string}" if request.query_string else ""
+                response = self._error(308, "moved to the path with a trailing slash")
+                response.headers["Location"] = f"{mount.pattern}/{query}"
+                return response
+            if raw_path.startswith(mount.pattern + "/"):
+                request.route = mount.pattern
+                return mount
         if allowed:
             if "GET" in allowed:
                 allowed.append("HEAD")
@@ -673,7 +768,7 @@ class HttpServer:
             log.exception("http guard failed: %s %s", request.method, request.path)
             return self._error(500, "internal server error")
 
-    async def _call(self, route: _Route, request: Request) -> Response:
+    async def _call(self, route: _Route, request: Request) -> Response | StreamingResponse:
         try:
             response = await route.handler(request)
         except asyncio.CancelledError:
@@ -681,7 +776,7 @@ class HttpServer:
         except Exception:
             log.exception("http handler failed: %s %s", request.method, request.path)
             return self._error(500, "internal server error")
-        if not isinstance(response, Response):
+        if not isinstance(response, Response | StreamingResponse):
             log.error(
                 "http handler for %s %s returned %r, not a Response",
                 request.method,
@@ -790,25 +885,118 @@ class HttpServer:
 
     # -- responses -----------------------------------------------------------------------------
 
-    def _encode(self, response: Response, *, keep_alive: bool, head_only: bool = False) -> bytes:
+    def _head_lines(self, status: int, headers: list[tuple[str, str]], skip: set[str]) -> list[str]:
+        """The status line and the handler's headers plus the defaults it did not set; names
+        in ``skip`` (framing: the server's own) and malformed ones are left out."""
         try:
-            reason = HTTPStatus(response.status).phrase
+            reason = HTTPStatus(status).phrase
         except ValueError:
             reason = "Unknown"
-        lines = [f"HTTP/1.1 {response.status} {reason}"]
-        skip = {"content-length", "connection", "content-type", "transfer-encoding"}
-        given = {name.lower() for name in response.headers}
-        headers = [*response.headers.items()]
-        headers += [(k, v) for k, v in self._default_headers.items() if k.lower() not in given]
+        lines = [f"HTTP/1.1 {status} {reason}"]
+        given = {name.lower() for name, _ in headers}
+        headers = headers + [
+            (k, v) for k, v in self._default_headers.items() if k.lower() not in given
+        ]
         for name, value in headers:
             if name.lower() in skip or not _TOKEN.fullmatch(name) or _CONTROL.search(value):
                 continue
             lines.append(f"{name}: {value}")
+        return lines
+
+    def _encode(self, response: Response, *, keep_alive: bool, head_only: bool = False) -> bytes:
+        skip = {"content-length", "connection", "content-type", "transfer-encoding"}
+        lines = self._head_lines(response.status, [*response.headers.items()], skip)
         lines.append(f"Content-Type: {response.content_type}")
         lines.append(f"Content-Length: {len(response.body)}")
         lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
         data = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace")
         return data if head_only else data + response.body
+
+    async def _stream(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        request: Request,
+        response: StreamingResponse,
+        *,
+        keep_alive: bool,
+        head_only: bool,
+    ) -> bool:
+        """Write a streaming answer piece by piece; returns whether to keep the connection.
+
+        Of unknown length it is chunked (HTTP/1.0: delimited by the close) and closes the
+        connection afterwards, which lets a watcher read the socket meanwhile: the client
+        closing it sets ``request.disconnected`` (and so does :meth:`stop`), which ends the
+        stream. Of known length it keeps the connection alive unless the body does not match
+        the length (then it is closed).
+        """
+        unknown = response.length is None
+        chunked = unknown and request.http_version == "1.1"  # HTTP/1.0: the close delimits it
+        keep_alive = keep_alive and not unknown
+        watcher: asyncio.Task[None] | None = None
+        pieces: AsyncIterator[bytes] | None = None
+        try:
+            skip = {"content-length", "connection", "transfer-encoding"}
+            lines = self._head_lines(response.status, list(response.headers), skip)
+            if response.length is not None:
+                lines.append(f"Content-Length: {response.length}")
+            elif chunked and not head_only:
+                lines.append("Transfer-Encoding: chunked")
+            lines.append("Connection: keep-alive" if keep_alive else "Connection: close")
+            writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", errors="replace"))
+            await self._drain(writer)
+            if head_only:
+                return keep_alive
+            if unknown:
+                watcher = asyncio.create_task(self._watch_eof(reader, request.disconnected))
+            sent = 0
+            pieces = _until(response.body, request.disconnected)
+            while True:
+                try:
+                    piece = await anext(pieces)
+                except StopAsyncIteration:
+                    break
+                except Exception:  # the handler failed mid-answer: cut it, keep serving
+                    log.exception("http streaming answer failed: %s %s", request.method,
+                                  request.path)  # fmt: skip
+                    writer.transport.abort()
+                    return False
+                if not piece:
+                    continue  # an empty chunk would end a chunked body
+                sent += len(piece)
+                if response.length is not None and sent > response.length:
+                    log.error("http handler for %s %s wrote more than its Content-Length",
+                              request.method, request.path)  # fmt: skip
+                    writer.transport.abort()
+                    return False
+                writer.write(b"%x\r\n%s\r\n" % (len(piece), piece) if chunked else piece)
+                await self._drain(writer)
+            if unknown:
+                if chunked:
+                    with contextlib.suppress(Exception):  # the client may be gone already
+                        writer.write(b"0\r\n\r\n")
+                        await self._drain(writer)
+                return False
+            return keep_alive and sent == response.length and not request.disconnected.is_set()
+        finally:
+            request.disconnected.set()
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await watcher
+            for body in (pieces, response.body):
+                aclose = getattr(body, "aclose", None)
+                if aclose is not None:
+                    with contextlib.suppress(Exception):
+                        await aclose()
+
+    @staticmethod
+    async def _watch_eof(reader: asyncio.StreamReader, gone: asyncio.Event) -> None:
+        """Read (and drop) what the client sends during a chunked stream until it closes."""
+        with contextlib.suppress(Exception):
+            while await reader.read(65536):
+                pass
+        gone.set()
 
     async def _write(
         self,
@@ -829,3 +1017,27 @@ class HttpServer:
         except TimeoutError as err:
             writer.transport.abort()
             raise ConnectionError("client did not read the response in time") from err
+
+
+async def _until(body: AsyncIterator[bytes], stop: asyncio.Event) -> AsyncIterator[bytes]:
+    """The pieces of ``body`` until it ends or ``stop`` is set (a wait for the next piece is
+    cancelled then: a never-ending stream does not hold up the client leaving or the server
+    stopping)."""
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        while not stop.is_set():
+            step: asyncio.Future[bytes] = asyncio.ensure_future(anext(body))
+            racing: list[asyncio.Future[Any]] = [step, stopped]
+            await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+            if not step.done():
+                step.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                    await step
+                return
+            try:
+                piece = step.result()
+            except StopAsyncIteration:
+                return
+            yield piece
+    finally:
+        stopped.cancel()

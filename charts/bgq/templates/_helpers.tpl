@@ -200,3 +200,40 @@ app.kubernetes.io/component: console
 {{- define "bgq.queueRoles" -}}
 {{- if or (and .Values.gateway.enabled .Values.gateway.auth.serviceAccount.enabled) (and .Values.console.enabled .Values.console.auth.serviceAccount.enabled) }}true{{- end }}
 {{- end }}
+
+{{/*
+The console's settings from console.* (queues, token, session secret, proxy headers, cookies),
+shared by `bgq console` (console.yaml) and `bgq gateway --console` (gateway.yaml). ServiceAccount
+login is added by each, as its audience variable is shared with the gateway's own auth.
+*/}}
+{{- define "bgq.consoleSettingsEnv" -}}
+{{- $auth := .Values.console.auth -}}
+{{- with .Values.console.queues }}
+- name: BGQ_CONSOLE_QUEUES
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- with $auth.existingSecret }}
+- name: BGQ_CONSOLE_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $auth.existingSecretKey }}
+{{- end }}
+{{- with $auth.sessionSecret.existingSecret }}
+- name: BGQ_CONSOLE_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ . }}
+      key: {{ $auth.sessionSecret.existingSecretKey }}
+{{- end }}
+{{- with $auth.proxy.userHeader }}
+- name: BGQ_CONSOLE_PROXY_USER_HEADER
+  value: {{ . | quote }}
+{{- end }}
+{{- with $auth.proxy.groupsHeader }}
+- name: BGQ_CONSOLE_PROXY_GROUPS_HEADER
+  value: {{ . | quote }}
+{{- end }}
+- name: BGQ_CONSOLE_SECURE_COOKIES
+  value: {{ .Values.console.secureCookies | quote }}
+{{- end }}

@@ -145,3 +145,36 @@ def test_the_wheel_lists_every_package() -> None:
             rel = init.parent.relative_to(ROOT / directory).parts
             found.add(".".join((package, *rel)))
     assert found == set(setuptools["packages"])
+
+
+def _stages(path: Path) -> list[list[tuple[str, str]]]:
+    """The instructions of each stage (before the first FROM: the global ARGs, stage 0)."""
+    stages: list[list[tuple[str, str]]] = [[]]
+    for keyword, rest in instructions(path):
+        if keyword == "FROM":
+            stages.append([])
+        stages[-1].append((keyword, rest))
+    return stages
+
+
+def test_worker_image_takes_extras_as_a_build_arg_empty_by_default() -> None:
+    """``--build-arg BGQ_EXTRAS=[console]`` makes the console image (docs/console.md); without it
+    the worker image has no console dependencies. The build stage builds the extra's wheels, the
+    runtime stage installs ``bgq${BGQ_EXTRAS}`` from them; both redeclare the ARG (a global ARG
+    is not visible inside a stage otherwise)."""
+    import tomllib
+
+    path = DOCKERFILES["worker"]
+    global_args, build, runtime = _stages(path)
+    assert ("ARG", 'BGQ_EXTRAS=""') in global_args
+    assert ("ARG", "BGQ_EXTRAS") in build and ("ARG", "BGQ_EXTRAS") in runtime
+    wheel = [r for k, r in build if k == "RUN" and "pip wheel" in r]
+    assert wheel and wheel[0].endswith('".${BGQ_EXTRAS}"'), wheel
+    install = [r for k, r in runtime if k == "RUN" and "pip install" in r]
+    assert install and '--no-index --find-links=/wheels "bgq${BGQ_EXTRAS}"' in install[0]
+    # the extra the header names exists, and is the one hack/cluster/build-image console uses
+    header = path.read_text()
+    assert "--build-arg BGQ_EXTRAS=[console]" in header
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "console" in extras["optional-dependencies"]
+    assert "BGQ_EXTRAS=[console]" in (ROOT / "hack" / "cluster" / "build-image").read_text()

@@ -81,7 +81,31 @@ def test_job_worker_gateway() -> None:
     assert (ns["module"], ns["queue"], ns["concurrency"]) == ("app.tasks", "shop/emails", 4)
     assert parse("worker")["module"] is None
     ns = parse("gateway", "--port", "9000", "--host", "127.0.0.1")
-    assert (ns["port"], ns["host"]) == (9000, "127.0.0.1")
+    assert (ns["port"], ns["host"], ns["console"]) == (9000, "127.0.0.1", None)
+    assert parse("gateway", "--console")["console"] is True
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "on"),
+    [
+        (["gateway"], "", False),
+        (["gateway"], "true", True),
+        (["gateway"], "0", False),
+        (["gateway", "--console"], "false", True),  # the flag wins
+    ],
+)
+def test_gateway_console_switch(
+    argv: list[str], env: str, on: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BGQ_GATEWAY_CONSOLE", env)
+    assert cli._gateway_console(build_parser().parse_args(argv)) is on
+
+
+def test_gateway_console_switch_refuses_other_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BGQ_GATEWAY_CONSOLE", "maybe")
+    with pytest.raises(CliError) as info:
+        cli._gateway_console(build_parser().parse_args(["gateway"]))
+    assert info.value.code == EXIT_USAGE and "BGQ_GATEWAY_CONSOLE" in info.value.message
 
 
 @pytest.mark.parametrize(

@@ -319,6 +319,43 @@ async def test_bearer_token(backend: MemoryBackend) -> None:
         await gateway.stop()
 
 
+async def test_mounted_apps_pass_the_token_guard_and_are_counted(backend: MemoryBackend) -> None:
+    """An ASGI app mounted at /console (``bgq gateway --console``): the token guards /v1 only,
+    the app's own headers win over the API's, its requests are in the metrics, and its
+    lifespan runs with the gateway's start and stop."""
+    events: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                events.append(message["type"])
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        headers = [(b"content-type", b"text/html"), (b"content-security-policy", b"own")]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": scope["root_path"].encode()})
+
+    gateway = Gateway(backend, host="127.0.0.1", port=0, token="s3cret", apps={"/console": app})
+    await gateway.start()
+    try:
+        assert events == ["lifespan.startup"]
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{gateway.port}") as http:
+            page = await http.get("/console/")
+            assert (page.status_code, page.text) == (200, "/console")
+            assert page.headers["content-security-policy"] == "own"
+            assert page.headers["x-frame-options"] == "DENY"  # the gateway's defaults fill in
+            moved = await http.get("/console")
+            assert (moved.status_code, moved.headers["location"]) == (308, "/console/")
+            assert (await http.post(JOBS, json={"task": "t"})).status_code == 401
+            metrics = (await http.get("/metrics")).text
+            assert 'bgq_gateway_requests_total{route="/console",status="200"} 1.0' in metrics
+    finally:
+        await gateway.stop()
+    assert events == ["lifespan.startup", "lifespan.shutdown"]
+
+
 def test_error_body_is_json() -> None:
     from bgq.gateway import _error
 

@@ -173,6 +173,20 @@ class _AlwaysProtect:
         return True
 
 
+def _root(request: Request) -> str:
+    """Where the console is mounted (``""``, or ``/console`` in ``bgq gateway --console``):
+    the prefix of every link, redirect and asset URL. Inside a Starlette ``Mount`` (the static
+    files) ``root_path`` grows by the mount's path; ``app_root_path`` keeps the application's."""
+    scope = request.scope
+    return str(scope.get("app_root_path", scope.get("root_path", "")))
+
+
+def _route_path(request: Request) -> str:
+    """The request's path below :func:`_root` (ASGI's ``path`` includes ``root_path``)."""
+    path, root = str(request.scope.get("path", "")), _root(request)
+    return path[len(root) :] if root and path.startswith(root + "/") else path
+
+
 def _templates() -> Jinja2Templates:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("bgq.console", "templates"),
@@ -278,7 +292,7 @@ class Console:
         csrf = request.scope.get("csrftoken")
         return self.templates.TemplateResponse(
             request, template, {
-                "viewer": viewer, "root": request.scope.get("root_path", ""),
+                "viewer": viewer, "root": _root(request),
                 "csrftoken": csrf() if callable(csrf) else "",
                 "can_log_in": self.auth.can_log_in, **context,
             }, status_code=status,
@@ -462,7 +476,7 @@ class Console:
             raise HTTPException(400, "name dead-letter entries, or all=1")
         log.info("console: %s %s on %s (entries: %s)", viewer.name or viewer.kind, action, queue,
                  "all" if every else len(entries))  # fmt: skip
-        back = f"{request.scope.get('root_path', '')}/q/{queue}"
+        back = f"{_root(request)}/q/{queue}"
         if action == "replay":
             result = await self.client.replay_dead(queue, None if every else entries)
             note = f"replayed {result.replayed}, skipped {result.skipped}"
@@ -509,12 +523,12 @@ class Console:
         request.session["kind"] = viewer.kind
         if viewer.kind == "serviceaccount":
             request.session.update({"user": viewer.name, "token": viewer.token})
-        return RedirectResponse(f"{request.scope.get('root_path', '')}/", 303)
+        return RedirectResponse(f"{_root(request)}/", 303)
 
     async def logout(self, request: Request) -> Response:
         self._same_origin(request)
         request.session.clear()
-        return RedirectResponse(f"{request.scope.get('root_path', '')}/", 303)
+        return RedirectResponse(f"{_root(request)}/", 303)
 
     async def livez(self, request: Request) -> Response:
         return PlainTextResponse("ok\n")
@@ -549,7 +563,7 @@ class Console:
 
     @staticmethod
     def _job_url(request: Request, queue: QueueName, job_id: str) -> str:
-        return f"{request.scope.get('root_path', '')}/q/{queue}/job/{job_id}"
+        return f"{_root(request)}/q/{queue}/job/{job_id}"
 
     @staticmethod
     def _same_origin(request: Request) -> None:
@@ -574,7 +588,7 @@ class Console:
             log.warning("redis unavailable: %s", exc)
             status, detail = 503, "Redis is unreachable, retry"
         headers = {"Retry-After": "1"} if status == 503 else None
-        if request.url.path.startswith(("/api/", "/events/")) or "json" in request.headers.get(
+        if _route_path(request).startswith(("/api/", "/events/")) or "json" in request.headers.get(
             "accept", ""
         ):
             return JSONResponse({"error": detail}, status, headers=headers)
