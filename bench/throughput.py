@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -299,49 +300,80 @@ def topology_run(settings: Any, k: int, n: int, concurrency: int) -> dict[str, f
     }
 
 
-def topology_main(which: str, n: int, concurrency: int) -> int:
-    """The ``--topology`` comparison (see the module doc)."""
-    sys.path.insert(0, str(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-    from tests.conftest import start_redis_cluster
+SETUPS = ("standalone", "standalone+replica", "cluster 3+0", "cluster 3+3")
+
+
+def _start_setups(stack: contextlib.ExitStack, which: str) -> dict[str, Any]:
+    """The Redis setups of the comparison, each started once for every round."""
+    from tests.conftest import RedisNode, free_port, start_redis_cluster
 
     from bgq.settings import RedisMode, RedisSettings
 
-    rows: dict[str, dict[int, dict[str, float]]] = {}
-    with contextlib.ExitStack() as stack:
-        if which in ("standalone", "both"):
-            url = stack.enter_context(redis_server())
-            s = RedisSettings(mode=RedisMode.STANDALONE, url=url)
-            rows["standalone"] = {k: topology_run(s, k, n, concurrency) for k in (1, 6)}
-        if which in ("cluster", "both"):
-            workdir = tempfile.mkdtemp(prefix="bgq-bench-cluster-")
-            servers = start_redis_cluster(__import__("pathlib").Path(workdir))
-            stack.callback(shutil.rmtree, workdir, True)
+    workdir = Path(tempfile.mkdtemp(prefix="bgq-bench-topology-"))
+    stack.callback(shutil.rmtree, workdir, True)
+    setups: dict[str, Any] = {}
+    if which in ("standalone", "both"):
+        url = stack.enter_context(redis_server())
+        setups["standalone"] = RedisSettings(mode=RedisMode.STANDALONE, url=url)
+        primary = RedisNode("127.0.0.1", free_port(), workdir / "primary", [])
+        replica = RedisNode("127.0.0.1", free_port(), workdir / "replica",
+                            ["--replicaof", "127.0.0.1", str(primary.port)])
+        for node in (primary, replica):
+            node.start()
+            stack.callback(node.stop)
+        setups["standalone+replica"] = RedisSettings(
+            mode=RedisMode.STANDALONE, url=f"redis://{primary.addr}/0")
+    if which in ("cluster", "both"):
+        for name, replicas in (("cluster 3+0", 0), ("cluster 3+3", 1)):
+            servers = start_redis_cluster(workdir / name.replace(" ", "-"), replicas=replicas)
             for node in servers.nodes:
                 stack.callback(node.stop)
-            rows["cluster"] = {
-                k: topology_run(servers.settings(), k, n, concurrency) for k in (1, 6)
-            }
+            setups[name] = servers.settings()
+    return setups
+
+
+def topology_main(which: str, n: int, concurrency: int, rounds: int) -> int:
+    """The ``--topology`` comparison (see the module doc): every setup and queue count once per
+    round, rounds interleaved (so a burst of load on the machine hits all setups alike), and the
+    median of the rounds reported."""
+    sys.path.insert(0, str(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    import statistics
+
+    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    with contextlib.ExitStack() as stack:
+        setups = _start_setups(stack, which)
+        for _ in range(rounds):
+            for name, settings in setups.items():
+                for k in (1, 6):
+                    runs.setdefault((name, k), []).append(topology_run(settings, k, n, concurrency))
+
+    def median(name: str, k: int, key: str) -> float:
+        return statistics.median(r[key] for r in runs[(name, k)])
+
     print(
         f"bgq {bgq.__version__} topology comparison (python {sys.version.split()[0]}, "
-        f"{os.cpu_count()} CPUs; {n} no-op jobs per queue, concurrency {concurrency}, "
-        "one worker process per queue)"
+        f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; {n} no-op jobs per "
+        f"queue, concurrency {concurrency}, one worker process per queue; median of {rounds} "
+        "interleaved rounds)"
     )
-    for name, by_k in rows.items():
-        for k, r in by_k.items():
-            print(
-                f"  {name:<10} {k} queue(s): {r['jobs_per_s']:>8,.0f} jobs/s total, "
-                f"{r['per_queue_jobs_per_s']:>7,.0f} jobs/s per queue, "
-                f"{r['rt_per_job']:.3f} round trips/job"
-            )
-    if len(rows) == 2:
+    for (name, k), results in runs.items():
+        each = ", ".join(f"{r['per_queue_jobs_per_s']:,.0f}" for r in results)
+        print(
+            f"  {name:<18} {k} queue(s): {median(name, k, 'jobs_per_s'):>8,.0f} jobs/s total, "
+            f"{median(name, k, 'per_queue_jobs_per_s'):>7,.0f} jobs/s per queue (rounds: {each}), "
+            f"{median(name, k, 'rt_per_job'):.3f} round trips/job"
+        )
+    pairs = (("cluster 3+0", "standalone", "cluster mode alone"),
+             ("cluster 3+3", "standalone+replica", "same replication"),
+             ("cluster 3+3", "standalone", "replicated cluster vs a lone server"))
+    for cluster, base, what in pairs:
+        if (cluster, 1) not in runs or (base, 1) not in runs:
+            continue
         for k in (1, 6):
-            a, b = rows["standalone"][k], rows["cluster"][k]
-            cost = a["per_queue_jobs_per_s"] / b["per_queue_jobs_per_s"] - 1
-            print(
-                f"  cluster vs standalone, {k} queue(s): {cost * 100:+.1f} % cost per job "
-                f"(per-queue rate), round trips/job {a['rt_per_job']:.3f} -> "
-                f"{b['rt_per_job']:.3f}"
-            )
+            cost = (median(base, k, "per_queue_jobs_per_s")
+                    / median(cluster, k, "per_queue_jobs_per_s") - 1)
+            print(f"  {cluster} vs {base} ({what}), {k} queue(s): {cost * 100:+.1f} % cost per "
+                  "job (per-queue rate)")
     return 0
 
 
@@ -356,10 +388,12 @@ def main(argv: list[str] | None = None) -> int:
         choices=["standalone", "cluster", "both"],
         help="compare topologies instead (1 and 6 queues, a process per queue)",
     )
-    p.add_argument("--topology-jobs", type=int, default=5_000, help="jobs per queue (5000)")
+    p.add_argument("--topology-jobs", type=int, default=20_000, help="jobs per queue (20000)")
+    p.add_argument("--topology-rounds", type=int, default=3, help="interleaved rounds (3)")
     args = p.parse_args(argv)
     if args.topology:
-        return topology_main(args.topology, args.topology_jobs, min(args.concurrency, 100))
+        return topology_main(args.topology, args.topology_jobs, min(args.concurrency, 100),
+                             args.topology_rounds)
     rt = RoundTrips()
     rt.install()
     with contextlib.ExitStack() as stack:

@@ -278,13 +278,15 @@ class RedisClusterServers:
                 c.close()
 
 
-def start_redis_cluster(workdir: Path, host: str = "127.0.0.1") -> RedisClusterServers:
-    """Start six cluster-enabled servers and join them with ``redis-cli --cluster create``."""
+def start_redis_cluster(workdir: Path, host: str = "127.0.0.1",
+                        replicas: int = 1) -> RedisClusterServers:
+    """Start 3 primaries with ``replicas`` replicas each (cluster-enabled servers) and join them
+    with ``redis-cli --cluster create``."""
     cli = shutil.which("redis-cli")
     if cli is None:
         pytest.fail("redis-cli is not installed: apt-get install redis-tools")
     nodes = []
-    for i in range(6):
+    for i in range(3 * (1 + replicas)):
         port = free_port_pair(host)
         node = RedisNode(host, port, workdir / f"node{i}", [
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
@@ -294,8 +296,8 @@ def start_redis_cluster(workdir: Path, host: str = "127.0.0.1") -> RedisClusterS
         nodes.append(node)
     servers = RedisClusterServers(nodes)
     done = subprocess.run(
-        [cli, "--cluster", "create", *(n.addr for n in nodes), "--cluster-replicas", "1",
-         "--cluster-yes"], capture_output=True, text=True, timeout=60, check=False)
+        [cli, "--cluster", "create", *(n.addr for n in nodes), "--cluster-replicas",
+         str(replicas), "--cluster-yes"], capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         for n in nodes:
             n.stop()
