@@ -50,6 +50,10 @@ IDLE_POLL_S = 30.0
 """A queue at rest (no replicas, nothing waiting, running or delayed) is read on a poll tick
 this often; between those reads an enqueue's wake-up decides it at once. Keeps the work of
 1,000 idle queues small."""
+CONTROL_SYNC_S = 300.0
+"""A queue at rest has its control keys (pause, limits) written and read back this often (a
+queue with work, every tick): they only change with its spec, which re-reads them at once, and
+this bounds how long a Redis that lost them (restart without persistence) goes without."""
 RETRY_S = 1.0
 REDIS_ERRORS = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 
@@ -84,10 +88,15 @@ def queue_figures(demand: QueueDemand) -> QueueStatus:
 
 def _at_rest(state: QueueState, mono: float) -> bool:
     """Whether a poll tick may skip ``state`` (read within ``IDLE_POLL_S``, and then idle)."""
+    return mono - state.polled_at < IDLE_POLL_S and _resting(state)
+
+
+def _resting(state: QueueState) -> bool:
+    """No replicas and none wanted, nothing waiting, running or delayed, no error: deciding it
+    again from the same figures would change nothing."""
     q, view = state.queue, state.deployment
     return (
-        mono - state.polled_at < IDLE_POLL_S
-        and q is not None
+        q is not None
         and view is not None
         and view.replicas == 0
         and state.desired == 0
@@ -96,6 +105,12 @@ def _at_rest(state: QueueState, mono: float) -> bool:
         and not state.queue_paused  # a resume (bgq resume) publishes no wake-up: keep polling
         and state.redis_error is None
     )
+
+
+def _unchanged(state: QueueState, demand: QueueDemand | None) -> bool:
+    """A resting queue's fresh read shows what its status already says, and no worker: the
+    decision (0 replicas) and the status would come out the same, so neither is redone."""
+    return demand is not None and not demand.workers and queue_figures(demand) == state.queue
 
 
 class EndpointLoop:
@@ -250,6 +265,11 @@ class EndpointLoop:
             states = [s for s in states if s.queue_name in woken]
         if not states:
             return
+        # a queue at rest that no wake-up names is only checked: its control keys are synced
+        # every CONTROL_SYNC_S, and it is decided only if its figures moved (quiet: below)
+        resting = {s.queue_name for s in states if s.queue_name not in woken and _resting(s)}
+        synced = [s for s in states
+                  if s.queue_name not in resting or mono - s.synced_at >= CONTROL_SYNC_S]
         for s in states:
             s.polled_at = mono
         if full and len(self.sampled) > len(self.queues):  # queues that left this endpoint
@@ -261,18 +281,27 @@ class EndpointLoop:
         demand: dict[str, QueueDemand] = {}
         try:
             control = await queuekeys.sync(
-                client, [(QueueName(s.namespace, s.name), s.spec) for s in states if s.spec]
+                client, [(QueueName(s.namespace, s.name), s.spec) for s in synced if s.spec]
             )
+            for s in synced:
+                s.synced_at = mono
             demand = await read_demand(client, [s.queue_name for s in states], int(now * 1000))
-            for s in states:
+            for s in synced:
                 _note_control(s, control.get(s.queue_name), demand.get(s.queue_name), now)
             self.controls.update(control)
             self.links.update(_wake_links(self.tick_traced, control))
         except REDIS_ERRORS as exc:
             error = f"cannot reach Redis at {self.endpoint.label}: {exc}"
             metrics.REDIS_ERRORS.labels(self.endpoint.label).inc()
+        quiet: list[QueueState] = []
         for s in states:
-            self._decide(s, demand.get(s.queue_name), error)
+            d = demand.get(s.queue_name)
+            if s.queue_name in resting and error is None and _unchanged(s, d):
+                quiet.append(s)
+            else:
+                self._decide(s, d, error)
+        if quiet:  # still at rest: only the console's once-a-minute sample (one round trip)
+            await record_decisions(client, quiet, self.sampled, now)
 
     def _decide(self, state: QueueState, demand: QueueDemand | None, error: str | None) -> None:
         """Apply the decision for ``state`` in a task of its own: a tick never waits for API

@@ -116,6 +116,8 @@ class QueueState:
     run_time_s: float | None = None
     """The latest run time estimate in seconds (None: not observed yet)."""
     polled_at: float = 0.0
+    synced_at: float = 0.0
+    """When a tick last wrote this queue's control keys (monotonic; queuekeys.sync)."""
     """When the autoscaler last read this queue's demand (monotonic; see IDLE_POLL_S)."""
     last_status: dict[str, Any] | None = None
     last_status_at: float = 0.0

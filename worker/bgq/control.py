@@ -20,7 +20,7 @@ from typing import Any
 from bgq.client import Client
 from bgq.connection import SyncRedis
 from bgq.errors import BgqError
-from bgq.protocol import QueueName
+from bgq.protocol import WAKE_CHANNEL, QueueName
 
 PAUSE_SOURCES = ("spec", "cli")
 
@@ -53,7 +53,9 @@ def set_paused(r: SyncRedis, queue: QueueName, paused: bool, source: str = "cli"
         r.hset(key, source, str(int(time.time() * 1000)))
     else:
         r.hdel(key, source)
-    return bool(r.exists(key))
+    now_paused = bool(r.exists(key))
+    r.publish(WAKE_CHANNEL, str(queue))  # the operator decides the queue again at once
+    return now_paused
 
 
 def pause_sources(r: SyncRedis, queue: QueueName) -> list[str]:

@@ -442,3 +442,76 @@ async def test_a_resync_verifies_an_unchanged_deployment_again_after_a_while(
     assert kube.deployments["bgq-orders"]["spec"]["template"]["spec"]["containers"][0][
         "image"
     ] == "img:2"
+
+
+async def test_a_queue_at_rest_is_only_checked_until_its_figures_move(
+    runtime: tuple[Context, FakeKube, Autoscaler], redis_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Idle cost: a poll that finds a resting queue as its status says decides nothing (no
+    decision task, no status work) and rewrites its control keys only every CONTROL_SYNC_S;
+    figures that moved without a wake-up (a dead letter purged by hand) are decided."""
+    from bgq_operator import autoscaler as autoscaler_module
+    from bgq_operator import queuekeys
+
+    ctx, _, autoscaler = runtime
+    decided: list[str] = []
+    synced: list[list[str]] = []
+    real_decide = autoscaler_module.EndpointLoop._decide
+    real_sync = queuekeys.sync
+
+    def recording_decide(self: Any, state: QueueState, *args: Any) -> None:
+        decided.append(state.queue_name)
+        real_decide(self, state, *args)
+
+    async def recording_sync(client: Any, queues: Any) -> Any:
+        synced.append([str(q) for q, _ in queues])
+        return await real_sync(client, queues)
+
+    monkeypatch.setattr(autoscaler_module.EndpointLoop, "_decide", recording_decide)
+    monkeypatch.setattr(queuekeys, "sync", recording_sync)
+    state = await apply(ctx, spec_for(redis_url))
+    (loop,) = autoscaler.loops.values()
+    await loop.tick(full=True)  # the first read: decided (figures were unknown)
+    await eventually(lambda: state.queue is not None and not loop._deciding, 5, "a decision")
+    decided.clear()
+    synced.clear()
+    state.polled_at = 0.0  # due for its IDLE_POLL_S read
+    await loop.tick(full=True)
+    assert decided == [] and synced == [[]], (decided, synced)  # read, not decided, not synced
+    # the control keys are written again after CONTROL_SYNC_S
+    state.polled_at = state.synced_at = 0.0
+    await loop.tick(full=True)
+    assert synced == [[], [QUEUE]] and decided == []
+    # figures that moved with no wake-up: a dead letter appeared (written by hand here)
+    r = redis.Redis.from_url(redis_url)
+    r.xadd(bgq.QueueName.parse(QUEUE).keys.dead, {"id": "x"})
+    r.close()
+    state.polled_at = 0.0
+    await loop.tick(full=True)
+    assert decided == [QUEUE]
+    await eventually(lambda: state.queue is not None and state.queue.dead == 1, 5, "dead: 1")
+
+
+def test_pause_and_resume_publish_a_wake_up(redis_url: str) -> None:
+    """`bgq pause`/`resume` wake the operator for the queue (it decides at once, and a queue at
+    rest is not left with a stale pause flag until its next control sync)."""
+    from bgq.control import set_paused
+
+    r = redis.Redis.from_url(redis_url)
+    pubsub = r.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+    pubsub.subscribe(bgq.protocol.WAKE_CHANNEL)
+    try:
+        queue = bgq.QueueName.parse(QUEUE)
+        assert set_paused(r, queue, True) is True
+        assert set_paused(r, queue, False) is False
+        seen: list[Any] = []
+        deadline = time.monotonic() + 5
+        while len(seen) < 2 and time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=0.5)
+            if message is not None:
+                seen.append(message["data"])
+        assert seen == [QUEUE.encode(), QUEUE.encode()]
+    finally:
+        pubsub.close()
+        r.close()

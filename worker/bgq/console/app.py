@@ -497,12 +497,14 @@ class Console:
     async def _pause(self, queue: QueueName, paused: bool) -> None:
         # the same field `bgq pause` writes: `bgq resume` undoes a console pause and vice versa
         from bgq.control import paused_key
+        from bgq.protocol import WAKE_CHANNEL
 
         key = paused_key(queue)
         if paused:
             await self.client.redis.hset(key, "cli", str(int(time.time() * 1000)))
         else:
             await self.client.redis.hdel(key, "cli")
+        await self.client.redis.publish(WAKE_CHANNEL, str(queue))  # the operator decides again
 
     async def login_page(self, request: Request) -> Response:
         viewer = await self.viewer(request)
