@@ -411,8 +411,15 @@ class KedaHpaController:
     def __init__(self, *, max_replicas: int, list_length: int, rng: random.Random,
                  polling: float = 30, cooldown: float = 300, hpa_sync: float = 15,
                  tolerance: float = 0.1, down_window: float = 300, up_pods: int = 4,
-                 up_percent: float = 100, up_period: float = 15) -> None:
+                 up_percent: float = 100, up_period: float = 15,
+                 metric: str = "llen") -> None:
         self.max, self.target = max_replicas, list_length
+        if metric not in ("llen", "xlen"):
+            raise ValueError(f"metric must be llen or xlen, got {metric!r}")
+        self.metric = metric
+        """``llen``: the Redis list scaler (jobs popped by workers are invisible); ``xlen``: the
+        redis-streams scaler's ``streamLength`` on a bgq stream, where an entry is deleted only
+        when its job is acked, so the metric is backlog + in flight."""
         self.polling, self.cooldown, self.hpa_sync = polling, cooldown, hpa_sync
         self.tolerance, self.down_window = tolerance, down_window
         self.up_pods, self.up_percent, self.up_period = up_pods, up_percent, up_period
@@ -426,7 +433,7 @@ class KedaHpaController:
     def step(self, c: Cluster, t: float) -> None:
         if t + 1e-9 >= self.next_poll:
             self.next_poll += self.polling
-            llen = len(c.queue)
+            llen = self._usage(c)
             if llen > 0:  # activationListLength 0: active iff LLEN > 0
                 self.last_active = t
                 if c.replicas == 0:
@@ -439,10 +446,13 @@ class KedaHpaController:
             if c.replicas > 0:  # ScalingDisabled at 0 replicas
                 self._hpa(c, t)
 
+    def _usage(self, c: Cluster) -> int:
+        return len(c.queue) + (c.in_flight() if self.metric == "xlen" else 0)
+
     def _hpa(self, c: Cluster, t: float) -> None:
         current = c.replicas
         # External metric, AverageValue target (GetExternalPerPodMetricReplicas)
-        usage = len(c.queue)
+        usage = self._usage(c)
         ratio = usage / (self.target * current)
         desired = current if abs(ratio - 1) <= self.tolerance else math.ceil(usage / self.target)
         # stabilizeRecommendationWithBehaviors: up window 0, down window 300 s.
@@ -513,11 +523,12 @@ def simulate(trace: Trace, args: argparse.Namespace) -> list[Result]:
               "grace": args.grace, "dt": args.dt, "seed": args.seed}
     if trace.rate is not None:
         policy = replace(policy, rate_per_s=trace.rate)
+    metric = getattr(args, "keda_metric", "llen")
     out = [
         run(trace, "bgq", BgqController(policy, tick=1.0), **common),
         run(trace, "KEDA+HPA", KedaHpaController(
             max_replicas=args.max_replicas, list_length=args.concurrency,
-            rng=random.Random(f"{args.seed}:{trace.name}:keda")), **common),
+            rng=random.Random(f"{args.seed}:{trace.name}:keda"), metric=metric), **common),
     ]
     if args.tuned:
         # What a KEDA user tunes in the ScaledObject (bench/keda_live.py runs the same live):
@@ -527,7 +538,7 @@ def simulate(trace: Trace, args: argparse.Namespace) -> list[Result]:
         out.append(run(trace, "KEDA+HPA tuned", KedaHpaController(
             max_replicas=args.max_replicas, list_length=args.concurrency,
             rng=random.Random(f"{args.seed}:{trace.name}:keda"), polling=5, cooldown=60,
-            down_window=60), **common))
+            down_window=60, metric=metric), **common))
     return out
 
 
@@ -582,6 +593,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="pod created -> ready, seconds")
     parser.add_argument("--grace", type=float, default=30.0,
                         help="terminationGracePeriodSeconds")
+    parser.add_argument("--keda-metric", choices=["llen", "xlen"], default="llen",
+                        help="KEDA's metric: llen = the list scaler (default), xlen = the "
+                        "redis-streams scaler's streamLength on a bgq stream (backlog + in "
+                        "flight; what bench/keda_live.py runs)")
     parser.add_argument("--tuned", action="store_true",
                         help="also run KEDA+HPA tuned (polling 5 s, cooldown 60 s, 60 s "
                         "scale-down stabilisation)")

@@ -24,7 +24,8 @@ moment (``--sequential`` runs the systems one after another instead). Jobs are
 ``e2e_tasks.sleep(duration)``.
 
 Per trace and system: replica-seconds (pods existing x time, starting and terminating pods
-included, from a pod watch), p50/p95/max enqueue -> start (of the run that finished), jobs
+included, from a pod watch), p50/p95/max enqueue -> the job's first real start (recorded by the
+task itself: a prefetched job is fetched, and marked running in its hash, before a slot frees), jobs
 interrupted by scale-in (started more than once, see below),
 time from the first enqueue to the first Ready pod, time from the last job's end to zero pods,
 replica changes (``spec.replicas`` writes, from a Deployment watch), peak pods, unfinished jobs.
@@ -371,13 +372,16 @@ def collect(run: Run, client: bgq.Client) -> Result:
     rows = pipe.execute()
     starts_of = {(k.decode() if isinstance(k, bytes) else k): int(v)
                  for k, v in client.redis.hgetall(tally_key(run)).items()}
+    first_run = {(k.decode() if isinstance(k, bytes) else k): int(v)
+                 for k, v in client.redis.hgetall(f"{tally_key(run)}:first").items()}
     interrupted = sum(1 for jid in run.job_ids if starts_of.get(jid, 0) > 1)
     waits, finished, unfinished = [], [], 0
     first_enqueue = math.inf
-    for enq, start, fin, _token, state in rows:
+    for jid, (enq, start, fin, _token, state) in zip(run.job_ids, rows, strict=True):
         first_enqueue = min(first_enqueue, int(enq or 0) / 1000 or math.inf)
-        if start and int(start):
-            waits.append((int(start) - int(enq)) / 1000)
+        began = first_run.get(jid) or (int(start) if start else 0)  # ran, else fetched
+        if began:
+            waits.append((began - int(enq)) / 1000)
         if (state.decode() if isinstance(state, bytes) else state) != "succeeded":
             unfinished += 1
         elif fin:
@@ -451,7 +455,7 @@ def sim_table(rows: list[tuple[sim.Trace, list[Result]]], args: argparse.Namespa
         ns = argparse.Namespace(
             seed=args.seed, max_replicas=args.max_replicas, concurrency=args.concurrency,
             start_delay=statistics.median(delays) if delays else 2.0, grace=30.0, dt=0.1,
-            tuned=True)
+            tuned=True, keda_metric="xlen" if args.keda_metric == "streamLength" else "llen")
         predicted = {r.system: r for r in sim.simulate(trace, ns)}
         for r in results:
             p = predicted[SIM_NAMES[r.system]]

@@ -41,8 +41,14 @@ def counted_sleep(seconds: float, tally: str) -> dict[str, Any]:
     Used by bench/keda_live.py."""
     import redis
 
+    job_id = bgq.current_job().job_id
     with redis.Redis.from_url(os.environ["BGQ_REDIS_URL"]) as r:
-        r.hincrby(tally, bgq.current_job().job_id, 1)
+        pipe = r.pipeline(transaction=False)
+        pipe.hincrby(tally, job_id, 1)
+        # when the job first really ran (a prefetched job waits in the worker after its fetch,
+        # which is when the job hash's started_ms is set)
+        pipe.hsetnx(f"{tally}:first", job_id, int(time.time() * 1000))
+        pipe.execute()
     return sleep(seconds)
 
 
