@@ -412,7 +412,8 @@ class KedaHpaController:
                  polling: float = 30, cooldown: float = 300, hpa_sync: float = 15,
                  tolerance: float = 0.1, down_window: float = 300, up_pods: int = 4,
                  up_percent: float = 100, up_period: float = 15,
-                 metric: str = "llen") -> None:
+                 metric: str = "llen", poll_at: float | None = None,
+                 sync_at: float | None = None) -> None:
         self.max, self.target = max_replicas, list_length
         if metric not in ("llen", "xlen"):
             raise ValueError(f"metric must be llen or xlen, got {metric!r}")
@@ -423,9 +424,10 @@ class KedaHpaController:
         self.polling, self.cooldown, self.hpa_sync = polling, cooldown, hpa_sync
         self.tolerance, self.down_window = tolerance, down_window
         self.up_pods, self.up_percent, self.up_period = up_pods, up_percent, up_period
-        # Loops started at some arbitrary moment before the trace: random phases.
-        self.next_poll = rng.uniform(0, polling)
-        self.next_sync = rng.uniform(0, hpa_sync)
+        # Loops started at some arbitrary moment before the trace: random phases (``poll_at``:
+        # the first poll at this time, e.g. the phase a live run showed)
+        self.next_poll = rng.uniform(0, polling) if poll_at is None else poll_at
+        self.next_sync = rng.uniform(0, hpa_sync) if sync_at is None else sync_at % hpa_sync
         self.last_active: float | None = None
         self.recommendations: list[tuple[float, int]] = []
         self.scale_events: list[tuple[float, int]] = []  # (time, +replicas added by the HPA)
@@ -524,11 +526,14 @@ def simulate(trace: Trace, args: argparse.Namespace) -> list[Result]:
     if trace.rate is not None:
         policy = replace(policy, rate_per_s=trace.rate)
     metric = getattr(args, "keda_metric", "llen")
+    phases: dict[str, float] = getattr(args, "keda_poll_at", None) or {}
+    syncs: dict[str, float] = getattr(args, "keda_hpa_at", None) or {}
     out = [
         run(trace, "bgq", BgqController(policy, tick=1.0), **common),
         run(trace, "KEDA+HPA", KedaHpaController(
             max_replicas=args.max_replicas, list_length=args.concurrency,
-            rng=random.Random(f"{args.seed}:{trace.name}:keda"), metric=metric), **common),
+            rng=random.Random(f"{args.seed}:{trace.name}:keda"), metric=metric,
+            poll_at=phases.get("KEDA+HPA"), sync_at=syncs.get("KEDA+HPA")), **common),
     ]
     if args.tuned:
         # What a KEDA user tunes in the ScaledObject (bench/keda_live.py runs the same live):
@@ -538,7 +543,8 @@ def simulate(trace: Trace, args: argparse.Namespace) -> list[Result]:
         out.append(run(trace, "KEDA+HPA tuned", KedaHpaController(
             max_replicas=args.max_replicas, list_length=args.concurrency,
             rng=random.Random(f"{args.seed}:{trace.name}:keda"), polling=5, cooldown=60,
-            down_window=60, metric=metric), **common))
+            down_window=60, metric=metric, poll_at=phases.get("KEDA+HPA tuned"),
+            sync_at=syncs.get("KEDA+HPA tuned")), **common))
     return out
 
 

@@ -354,6 +354,8 @@ class Result:
     peak: int
     unfinished: int
     start_delay: float | None  # median pod seen -> Ready
+    replica_timeline: list[tuple[float, int]] = field(default_factory=list)
+    """``spec.replicas`` changes, seconds after the first enqueue (from the Deployment watch)."""
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -412,7 +414,16 @@ def collect(run: Run, client: bgq.Client) -> Result:
         direction_changes=sum(1 for a, b in itertools.pairwise(signs) if a != b),
         peak=max(values, default=0), unfinished=unfinished,
         start_delay=statistics.median(starts) if starts else None,
+        replica_timeline=_timeline(reps, first_enqueue),
     )
+
+
+def _timeline(reps: list[tuple[float, int]], t0: float) -> list[tuple[float, int]]:
+    out: list[tuple[float, int]] = []
+    for t, v in reps:
+        if not out or out[-1][1] != v:
+            out.append((round(t - t0, 2), v))
+    return out
 
 
 def _replicas_at(reps: list[tuple[float, int]], t: float) -> int:
@@ -446,6 +457,31 @@ def live_table(rows: list[tuple[sim.Trace, list[Result]]]) -> str:
 SIM_NAMES = {"bgq": "bgq", "keda": "KEDA+HPA", "keda-tuned": "KEDA+HPA tuned"}
 
 
+def poll_phases(trace: sim.Trace, results: list[Result]) -> dict[str, float]:
+    """When each live KEDA run's first active poll came (trace time): its first pod was Ready
+    ``first_ready`` after the first enqueue, a pod start (``start_delay``) after KEDA's 0 -> 1.
+    The phase of KEDA's polling loop is chance (up to ``pollingInterval``) and moves every
+    figure of a short trace, so the simulator takes the live one instead of its own draw."""
+    phases = {}
+    for r in results:
+        if r.system != "bgq" and r.first_ready is not None and r.start_delay is not None:
+            phases[SIM_NAMES[r.system]] = trace.jobs[0][0] + max(0.0, r.first_ready
+                                                                   - r.start_delay)
+    return phases
+
+
+def hpa_phases(trace: sim.Trace, results: list[Result]) -> dict[str, float]:
+    """When each live KEDA run's HPA first changed the replicas (its first change after KEDA's
+    0 -> 1): the phase of the HPA's 15 s sync loop, chance like KEDA's polling."""
+    phases = {}
+    for r in results:
+        ups = [t for (_, before), (t, v) in itertools.pairwise(r.replica_timeline)
+               if before >= 1 and v != before]
+        if r.system != "bgq" and ups:
+            phases[SIM_NAMES[r.system]] = trace.jobs[0][0] + ups[0]
+    return phases
+
+
 def sim_table(rows: list[tuple[sim.Trace, list[Result]]], args: argparse.Namespace) -> str:
     """The simulator on the same shortened traces, next to the live replica-seconds."""
     out = ["| trace | system | live replica-s | sim replica-s | sim/live | live p95 wait | "
@@ -455,7 +491,8 @@ def sim_table(rows: list[tuple[sim.Trace, list[Result]]], args: argparse.Namespa
         ns = argparse.Namespace(
             seed=args.seed, max_replicas=args.max_replicas, concurrency=args.concurrency,
             start_delay=statistics.median(delays) if delays else 2.0, grace=30.0, dt=0.1,
-            tuned=True, keda_metric="xlen" if args.keda_metric == "streamLength" else "llen")
+            tuned=True, keda_metric="xlen" if args.keda_metric == "streamLength" else "llen",
+            keda_poll_at=poll_phases(trace, results), keda_hpa_at=hpa_phases(trace, results))
         predicted = {r.system: r for r in sim.simulate(trace, ns)}
         for r in results:
             p = predicted[SIM_NAMES[r.system]]

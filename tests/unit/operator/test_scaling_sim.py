@@ -111,3 +111,30 @@ def test_key_limited_replicas_follow_the_concurrency_cap(
     uncapped, _ = sim.simulate(trace, args())
     assert uncapped.replica_seconds > 5 * bgq.replica_seconds
     assert uncapped.max_wait == pytest.approx(bgq.max_wait, rel=0.05)
+
+
+def test_keda_streams_metric_sees_the_jobs_in_flight(sim: ModuleType) -> None:
+    """streamLength on a bgq stream counts running jobs (entries are deleted at ack), so the
+    HPA does not scale busy pods away as with the list scaler, whose popped jobs are invisible."""
+    trace = sim.trace_long_trickle(random.Random("7:long"))
+    _, listed = sim.simulate(trace, args())
+    _, streamed = sim.simulate(trace, args(keda_metric="xlen"))
+    assert listed.interrupted > 0
+    assert streamed.interrupted == 0 and streamed.unfinished == 0
+    with pytest.raises(ValueError, match="llen or xlen"):
+        sim.KedaHpaController(max_replicas=1, list_length=1, rng=random.Random(1), metric="len")
+
+
+def test_live_phases_pin_the_simulated_loops(sim: ModuleType, live: ModuleType) -> None:
+    """The calibration takes KEDA's polling phase and the HPA's sync phase from the live run."""
+    trace = live.live_trace("spike", 7)
+    keda = live.Result(
+        system="keda", replica_seconds=1.0, p50_wait=1.0, p95_wait=1.0, max_wait=1.0,
+        interrupted=0, first_ready=25.0, idle_tail=None, replica_changes=3,
+        direction_changes=1, peak=10, unfinished=0, start_delay=3.0,
+        replica_timeline=[(0.0, 0), (22.0, 1), (31.5, 5), (46.5, 10), (400.0, 0)])
+    assert live.poll_phases(trace, [keda]) == {"KEDA+HPA": pytest.approx(5.0 + 22.0)}
+    assert live.hpa_phases(trace, [keda]) == {"KEDA+HPA": pytest.approx(5.0 + 31.5)}
+    ctl = sim.KedaHpaController(max_replicas=10, list_length=10, rng=random.Random(1),
+                                poll_at=27.0, sync_at=36.5)
+    assert ctl.next_poll == 27.0 and ctl.next_sync == pytest.approx(36.5 % 15)
