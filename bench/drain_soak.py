@@ -61,7 +61,14 @@ from tests.e2e.kube import (  # noqa: E402
     load_cluster,
     namespace_name,
 )
-from tests.e2e.podwatch import Api, Container, ContainerEvents, PodWatch, exit_code  # noqa: E402
+from tests.e2e.podwatch import (  # noqa: E402
+    SIGKILL_EXIT,
+    Api,
+    Container,
+    ContainerEvents,
+    PodWatch,
+    exit_code,
+)
 
 import bgq  # noqa: E402
 from bgq_operator.manifests import pod_template  # noqa: E402
@@ -231,7 +238,7 @@ class Soak:
         # containerd's exit status (the process's own) over the kubelet's record, which can say
         # 137 "ContainerStatusUnknown" for a clean exit it did not read in time
         cycle.exit_code = exit_code(rec, c)
-        cycle.killed = cycle.exit_code == 137
+        cycle.killed = cycle.exit_code == SIGKILL_EXIT
 
     def wait_busy(self, pod: str, timeout: float) -> None:
         """Until the pod's worker heartbeat says ``busy`` (it runs jobs; more are prefetched)."""

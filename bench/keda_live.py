@@ -372,10 +372,8 @@ def collect(run: Run, client: bgq.Client) -> Result:
         pipe.hmget(q.keys.job(jid), "enqueued_ms", "started_ms", "finished_ms", "token",
                    "state")
     rows = pipe.execute()
-    starts_of = {(k.decode() if isinstance(k, bytes) else k): int(v)
-                 for k, v in client.redis.hgetall(tally_key(run)).items()}
-    first_run = {(k.decode() if isinstance(k, bytes) else k): int(v)
-                 for k, v in client.redis.hgetall(f"{tally_key(run)}:first").items()}
+    starts_of = _int_hash(client, tally_key(run))
+    first_run = _int_hash(client, f"{tally_key(run)}:first")
     interrupted = sum(1 for jid in run.job_ids if starts_of.get(jid, 0) > 1)
     waits, finished, unfinished = [], [], 0
     first_enqueue = math.inf
@@ -416,6 +414,12 @@ def collect(run: Run, client: bgq.Client) -> Result:
         start_delay=statistics.median(starts) if starts else None,
         replica_timeline=_timeline(reps, first_enqueue),
     )
+
+
+def _int_hash(client: bgq.Client, key: str) -> dict[str, int]:
+    """A Redis hash of integers (``counted_sleep``'s tallies) as {field: value}."""
+    return {(k.decode() if isinstance(k, bytes) else k): int(v)
+            for k, v in client.redis.hgetall(key).items()}
 
 
 def _timeline(reps: list[tuple[float, int]], t0: float) -> list[tuple[float, int]]:

@@ -299,22 +299,15 @@ class PodWatch:
         self._client.close()
 
 
-def sigkilled(rec: PodRecord) -> bool:
-    """The kubelet reports the container as killed (exit 137 or signal 9).
-
-    Under load the kubelet can also report 137 with reason ``ContainerStatusUnknown`` for a
-    container that exited on its own: the pod's containers were removed before its status sync
-    read the exit ("The container could not be located when the pod was deleted. The container
-    used to be Running"). Prefer
-    :func:`exit_code`, which takes containerd's word when it has it.
-    """
-    term = rec.terminated or {}
-    return term.get("exitCode") == SIGKILL_EXIT or term.get("signal") == 9
-
-
 def exit_code(rec: PodRecord, container: Container | None) -> int | None:
     """The worker container's exit code: containerd's (the process's own, from the event stream)
-    when it was seen, else the kubelet's reported one."""
+    when it was seen, else the kubelet's reported one.
+
+    Under load the kubelet can report 137 with reason ``ContainerStatusUnknown`` for a container
+    that exited on its own: the pod's containers were removed before its status sync read the
+    exit ("The container could not be located when the pod was deleted. The container used to
+    be Running"), so containerd's word comes first.
+    """
     if container is not None and container.exit_status is not None:
         return container.exit_status
     term = rec.terminated or {}
