@@ -376,13 +376,14 @@ def percentile(xs: list[float], p: float) -> float:
     return xs[k]
 
 
-def free_bench_port(host_ip: str) -> int:
+def free_bench_port() -> int:
+    """A port of PORTS free on the host's loopback (the portal's side of HostRedis)."""
     import socket
 
     for port in PORTS:
         with socket.socket() as s:
             try:
-                s.bind((host_ip, port))
+                s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster.wait_for(lambda: cluster.kubectl("get", "serviceaccount", "default", "-n", namespace,
                                              check=False).returncode == 0, 30, "the namespace")
     with tempfile.TemporaryDirectory(prefix="bgq-drain-soak-") as tmp:
-        server = HostRedis(cluster.host_ip, free_bench_port(cluster.host_ip), Path(tmp))
+        server = HostRedis(cluster.host_ip, free_bench_port(), Path(tmp), cluster.netns_path)
         server.start()
         soak = Soak(args, cluster, image, server, namespace)
         try:

@@ -66,7 +66,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.e2e.kube import Cluster, HostRedis, build_image, load_cluster  # noqa: E402
+from tests.e2e.kube import (  # noqa: E402
+    Cluster,
+    HostRedis,
+    NetnsProcess,
+    build_image,
+    load_cluster,
+)
 
 import autoscale_sim as sim  # noqa: E402  (bench/ is on sys.path when run as a script)
 import bgq  # noqa: E402
@@ -225,7 +231,7 @@ class Run:
     namespace: str
     queue: str
     job_ids: list[str] = field(default_factory=list)
-    operator: subprocess.Popen[bytes] | None = None
+    operator: NetnsProcess | None = None
     pods: Watch | None = None
     replicas: Watch | None = None
     started: float = 0.0
@@ -244,11 +250,11 @@ def setup(cluster: Cluster, redis: HostRedis, image: str, system: str, trace_key
         cluster.apply({"apiVersion": "bgq.dev/v1alpha1", "kind": "BackgroundQueue",
                        "metadata": {"name": QUEUE, "namespace": ns}, "spec": spec})
         log = (logdir / f"operator-{ns}.log").open("wb")
-        run.operator = subprocess.Popen(
+        # inside the cluster's network namespace: it reads Redis at the pods' address
+        run.operator = cluster.netns_process(
             [sys.executable, "-m", "bgq_operator", "--namespace", ns, "--http-host",
              "127.0.0.1", "--http-port", "0"],
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "BGQ_LOG_LEVEL": "INFO"},
-            stdout=log, stderr=subprocess.STDOUT)
+            env={"BGQ_LOG_LEVEL": "INFO"}, stdout=log, stderr=subprocess.STDOUT)
         cluster.wait_for(lambda: cluster.kubectl("get", "deployment", f"bgq-{QUEUE}", "-n", ns,
                                                  check=False).returncode == 0,
                          60, "the bgq worker Deployment")
@@ -577,7 +583,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD))
     logdir = cluster.run_dir / "logs" / "keda-live"
     logdir.mkdir(parents=True, exist_ok=True)
-    redis = HostRedis(host_ip=cluster.host_ip, port=REDIS_PORT, workdir=logdir / "redis")
+    redis = HostRedis(host_ip=cluster.host_ip, port=REDIS_PORT, workdir=logdir / "redis",
+                      netns_path=cluster.netns_path)
     redis.start()
     started = time.time()
     rows = []

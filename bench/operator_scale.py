@@ -58,6 +58,7 @@ if str(REPO) not in sys.path:
 from tests.e2e.kube import (  # noqa: E402
     Cluster,
     HostRedis,
+    NetnsProcess,
     cluster_is_up,
     free_port,
     load_cluster,
@@ -96,16 +97,17 @@ class Operator:
     namespaces: list[str]
     log_path: Path
     port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
+    proc: NetnsProcess | None = None
 
     def start(self) -> None:
         args = [a for ns in self.namespaces for a in ("--namespace", ns)]
         self._log = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
+        # inside the cluster's network namespace, like an in-cluster operator: the API server
+        # and the Redis servers directly, no portal in its path; its HTTP port is forwarded
+        self.proc = self.cluster.netns_process(
             [sys.executable, "-m", "bgq_operator", *args, "--http-host", "127.0.0.1",
              "--http-port", str(self.port), "--log-level", "WARNING"],
-            env={**os.environ, "KUBECONFIG": str(self.cluster.kubeconfig)},
-            stdout=self._log, stderr=subprocess.STDOUT,
+            ports=[self.port], stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
     def stop(self) -> None:
@@ -220,7 +222,8 @@ def pct(values: list[float], q: float) -> float:
 
 @contextlib.contextmanager
 def redis_servers(cluster: Cluster, count: int, workdir: Path) -> Iterator[list[HostRedis]]:
-    servers = [HostRedis(cluster.host_ip, free_port(), workdir / f"redis{i}") for i in range(count)]
+    servers = [HostRedis(cluster.host_ip, free_port(), workdir / f"redis{i}", cluster.netns_path)
+               for i in range(count)]
     try:
         for s in servers:
             s.start()

@@ -153,21 +153,33 @@ def _ping(host: str, port: int) -> bool:
 
 @dataclass
 class RedisNode:
-    """One redis-server process of a cluster or Sentinel setup (``kill()`` is kill -9)."""
+    """One redis-server process of a cluster or Sentinel setup (``kill()`` is kill -9).
+
+    With ``netns_path`` (the e2e test cluster's network namespace) it runs inside that
+    namespace, bound to ``host`` there, and :meth:`client` reaches it through a loopback portal
+    on the same port (tests.e2e.kube.Portal).
+    """
 
     host: str
     port: int
     workdir: Path
     extra: list[str]
     sentinel: bool = False
+    netns_path: str | None = None
     proc: subprocess.Popen[bytes] | None = None
+    portal: Any = None
 
     @property
     def addr(self) -> str:
         return f"{self.host}:{self.port}"
 
+    @property
+    def reach_host(self) -> str:
+        """The address this process connects to (the portal's, for a node in a namespace)."""
+        return "127.0.0.1" if self.netns_path else self.host
+
     def client(self) -> redis.Redis:
-        return redis.Redis(host=self.host, port=self.port, decode_responses=True,
+        return redis.Redis(host=self.reach_host, port=self.port, decode_responses=True,
                            socket_connect_timeout=1, socket_timeout=5)
 
     def start(self) -> None:
@@ -187,8 +199,14 @@ class RedisNode:
                     "--dir", str(self.workdir), "--save", "", "--appendonly", "no",
                     "--logfile", str(self.workdir / "redis.log"), "--protected-mode", "no",
                     *self.extra]
+        if self.netns_path:
+            from tests.e2e.kube import Portal, netns_argv
+
+            if self.portal is None:
+                self.portal = Portal(self.netns_path, [(self.port, self.host, self.port)]).start()
+            args = [*netns_argv(self.netns_path), *args]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        _wait_for(lambda: _ping(self.host, self.port), 10, f"redis-server on {self.addr}")
+        _wait_for(lambda: _ping(self.reach_host, self.port), 10, f"redis-server on {self.addr}")
 
     def kill(self) -> None:
         """SIGKILL (no shutdown save, no goodbye to replicas or the cluster bus)."""
@@ -206,6 +224,9 @@ class RedisNode:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
             self.proc = None
+        if self.portal is not None:
+            self.portal.stop()
+            self.portal = None
 
 
 @dataclass
@@ -278,25 +299,27 @@ class RedisClusterServers:
                 c.close()
 
 
-def start_redis_cluster(workdir: Path, host: str = "127.0.0.1",
-                        replicas: int = 1) -> RedisClusterServers:
+def start_redis_cluster(workdir: Path, host: str = "127.0.0.1", replicas: int = 1,
+                        netns_path: str | None = None) -> RedisClusterServers:
     """Start 3 primaries with ``replicas`` replicas each (cluster-enabled servers) and join them
-    with ``redis-cli --cluster create``."""
+    with ``redis-cli --cluster create``; with ``netns_path``, inside that network namespace
+    (see :class:`RedisNode`)."""
     cli = shutil.which("redis-cli")
     if cli is None:
         pytest.fail("redis-cli is not installed: apt-get install redis-tools")
     nodes = []
     for i in range(3 * (1 + replicas)):
-        port = free_port_pair(host)
-        node = RedisNode(host, port, workdir / f"node{i}", [
+        port = free_port_pair("127.0.0.1" if netns_path else host)
+        node = RedisNode(host, port, workdir / f"node{i}", netns_path=netns_path, extra=[
             "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", "1000", "--cluster-replica-validity-factor", "0",
             "--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"])
         node.start()
         nodes.append(node)
     servers = RedisClusterServers(nodes)
+    prefix = ["nsenter", f"--net={netns_path}"] if netns_path else []
     done = subprocess.run(
-        [cli, "--cluster", "create", *(n.addr for n in nodes), "--cluster-replicas",
+        [*prefix, cli, "--cluster", "create", *(n.addr for n in nodes), "--cluster-replicas",
          str(replicas), "--cluster-yes"], capture_output=True, text=True, timeout=60, check=False)
     if done.returncode != 0:
         for n in nodes:

@@ -22,8 +22,16 @@ KEDA_BIN="$KEDA_DIR/bin"
 RUN_DIR="${BGQ_CLUSTER_DIR:-/tmp/bgq-cluster}"
 KUBECONFIG_PATH="$RUN_DIR/kubeconfig"
 
-# Host-only addressing. The node IP lives on one end of a veth pair that leads nowhere;
-# pods live on a CNI bridge whose gateway address is also the address pods use for the host.
+# The whole cluster (its daemons, the node IP, the pod bridge, kube-proxy's iptables rules, the
+# network sysctls) lives in a network namespace of its own, so the host's root namespace keeps
+# its addresses, routes, iptables rules and network sysctls untouched. Host-side tools reach
+# the API server through a loopback portal (hack/cluster/portal.py): https://127.0.0.1:$API_PORT.
+NETNS="${BGQ_NETNS:-bgq-cluster}"
+NETNS_PATH="/run/netns/$NETNS"
+IN_NETNS=(nsenter "--net=$NETNS_PATH")
+# Inside that namespace: the node IP lives on one end of a veth pair that leads nowhere; pods
+# live on a CNI bridge whose gateway address is also the address pods use for the "host"
+# (services the tests start in the cluster's namespace, e.g. redis-server).
 NODE_NAME="${BGQ_NODE_NAME:-bgq-node}"
 NODE_IP="${BGQ_NODE_IP:-10.213.0.1}"
 VETH_HOST="bgq-node0"
@@ -42,6 +50,10 @@ DNS_SERVICE_IP="10.215.0.10"
 API_PORT="${BGQ_API_PORT:-6443}"
 ETCD_PORT="${BGQ_ETCD_PORT:-23790}"
 ETCD_PEER_PORT="${BGQ_ETCD_PEER_PORT:-23800}"
+
+# CoreDNS (cluster DNS, built from the Go module proxy like Kubernetes; hack/cluster/install).
+COREDNS_VERSION="${BGQ_COREDNS_VERSION:-v1.14.7}"
+COREDNS_BIN="$CACHE_DIR/coredns-$COREDNS_VERSION/bin/coredns"
 
 CONTAINERD_SOCK="$RUN_DIR/containerd/containerd.sock"
 CTR=(ctr --address "$CONTAINERD_SOCK" -n k8s.io)
@@ -105,28 +117,48 @@ wait_until() {
   done
 }
 
-# The cluster DNS (hack/cluster/dns.py) on the host's pod-bridge address; pods use it via the
-# kubelet's clusterDNS. Idempotent.
+# start_ns NAME CMD...: `start` inside the cluster's network namespace (nsenter execs CMD, so
+# the pid file holds the daemon's own pid; the mount namespace is shared, unlike `ip netns exec`
+# which remounts /sys and would hide the cgroup tree from the kubelet and containerd).
+start_ns() { local name="$1"; shift; start "$name" "${IN_NETNS[@]}" "$@"; }
+in_ns() { "${IN_NETNS[@]}" "$@"; }
+# the namespace is there when its file is a bind mount of a namespace (nsfs), not a bare file
+netns_exists() { [[ "$(stat -f -c %T "$NETNS_PATH" 2>/dev/null)" == nsfs ]]; }
+
+# The host's loopback portal to the API server (see NETNS above). Idempotent.
+start_portal() {
+  start portal python3 "$BGQ_ROOT/hack/cluster/portal.py" --netns "$NETNS_PATH" \
+    --forward "127.0.0.1:$API_PORT=$NODE_IP:$API_PORT"
+}
+
+# The cluster DNS: CoreDNS's kubernetes plugin on the pod-bridge address inside the cluster's
+# namespace; pods use it via the kubelet's clusterDNS. Idempotent.
 start_dns() {
-  start dns python3 "$BGQ_ROOT/hack/cluster/dns.py" --listen "$BRIDGE_IP" \
-    --api "https://$NODE_IP:$API_PORT" --pki "$RUN_DIR/pki" --domain cluster.local
+  start_ns dns "$COREDNS_BIN" -conf "$RUN_DIR/etc/Corefile"
 }
 
 # Pin the pod bridge's MAC (see BRIDGE_MAC). Idempotent: a no-op when it already has that MAC.
 pin_bridge_mac() {
   local current
-  current="$(cat "/sys/class/net/$BRIDGE/address" 2>/dev/null)" || return 0
+  # (not /sys/class/net: the host's sysfs shows the root namespace's links, whoever reads it)
+  current="$(ip -n "$NETNS" -o link show dev "$BRIDGE" 2>/dev/null)" || return 0
+  current="$(sed -n 's|.*link/ether \([0-9a-f:]*\).*|\1|p' <<<"$current")"
+  [[ -n "$current" ]] || return 0
   if [[ "$current" != "$BRIDGE_MAC" ]]; then
     # on a running cluster: announce the new MAC (gratuitous ARP) so running pods update their
     # ARP cache at once instead of losing the host until the stale entry times out
-    sysctl -qw "net.ipv4.conf.$BRIDGE.arp_notify=1" || true
-    ip link set dev "$BRIDGE" address "$BRIDGE_MAC"
+    in_ns sysctl -qw "net.ipv4.conf.$BRIDGE.arp_notify=1" || true
+    ip -n "$NETNS" link set dev "$BRIDGE" address "$BRIDGE_MAC"
     log "pinned the MAC of $BRIDGE: $current -> $BRIDGE_MAC"
   fi
 }
 
 kubectl_admin() { "$K8S_BIN/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
-api_ready() { curl -sf --max-time 2 --cacert "$RUN_DIR/pki/ca.crt" --cert "$RUN_DIR/pki/admin.crt" --key "$RUN_DIR/pki/admin.key" "https://$NODE_IP:$API_PORT/readyz" >/dev/null; }
+CURL_ADMIN=(curl -sf --max-time 2 --cacert "$RUN_DIR/pki/ca.crt" --cert "$RUN_DIR/pki/admin.crt"
+  --key "$RUN_DIR/pki/admin.key")
+# The API server ready inside the cluster's namespace, and through the host's loopback portal.
+api_ready_in_ns() { netns_exists && in_ns "${CURL_ADMIN[@]}" "https://$NODE_IP:$API_PORT/readyz" >/dev/null; }
+api_ready() { "${CURL_ADMIN[@]}" "https://127.0.0.1:$API_PORT/readyz" >/dev/null; }
 node_ready() {
   [[ "$(kubectl_admin get node "$NODE_NAME" -o 'jsonpath={.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)" == True ]]
 }

@@ -134,7 +134,8 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="session")
 def cluster_redis(cluster: Cluster) -> Iterator[HostRedis]:
     with tempfile.TemporaryDirectory(prefix="bgq-e2e-redis-") as tmp:
-        server = HostRedis(host_ip=cluster.host_ip, port=free_port(), workdir=Path(tmp))
+        server = HostRedis(host_ip=cluster.host_ip, port=free_port(), workdir=Path(tmp),
+                           netns_path=cluster.netns_path)
         server.start()
         try:
             yield server

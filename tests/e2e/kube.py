@@ -4,6 +4,12 @@ The shell scripts are the single source of truth for paths and addresses: ``hack
 prints them and :func:`cluster_env` reads that. :class:`Cluster` wraps the built ``kubectl`` and
 ``helm`` (never ``/usr/bin/kubectl``: on this machine it is an unrelated 1.32 dispatcher) with the
 cluster's admin kubeconfig, and :class:`HostRedis` is a redis-server that pods can reach.
+
+The cluster lives in a network namespace of its own (``hack/cluster/up``): the test process, in
+the host's root namespace, reaches the API server and the services it starts for pods only
+through loopback portals (``hack/cluster/portal.py``, :class:`Portal`). Services pods must reach
+(redis-server, an operator run as a host process) run inside the cluster's namespace
+(:class:`NetnsProcess`), where the pods' gateway address ``host_ip`` is.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +40,100 @@ Manifest = Mapping[str, Any] | Sequence[Mapping[str, Any]] | str
 
 class ClusterError(RuntimeError):
     """The test cluster could not be started, reached or told to do something."""
+
+
+PORTAL = HACK / "portal.py"
+
+
+class Portal:
+    """``hack/cluster/portal.py`` as a child process: each ``(port, host, target_port)`` makes the
+    host's ``127.0.0.1:port`` a forward to ``host:target_port`` inside the network namespace at
+    ``netns_path``."""
+
+    def __init__(self, netns_path: str, forwards: Sequence[tuple[int, str, int]]) -> None:
+        self.netns_path = netns_path
+        self.forwards = list(forwards)
+        self.proc: subprocess.Popen[str] | None = None
+
+    def start(self) -> Portal:
+        argv = [sys.executable, str(PORTAL), "--netns", self.netns_path]
+        argv += [f"--forward=127.0.0.1:{p}={host}:{t}" for p, host, t in self.forwards]
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     text=True)
+        assert self.proc.stdout is not None and self.proc.stderr is not None
+        line = self.proc.stdout.readline()  # "ready" once bound, or EOF when it failed
+        if line.strip() != "ready":
+            self.proc.wait(10)
+            raise ClusterError(f"portal {self.forwards} failed: {self.proc.stderr.read()[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.close()
+            self.proc = None
+
+
+def netns_argv(netns_path: str) -> list[str]:
+    """The prefix that runs a command inside the cluster's network namespace (only that one:
+    files, PIDs and mounts stay the host's)."""
+    return ["nsenter", f"--net={netns_path}"]
+
+
+class NetnsProcess:
+    """A host process inside the cluster's network namespace, so it reaches what pods reach
+    (the API server at the node IP, services on ``host_ip``), and pods reach it; the ports it
+    listens on (its 127.0.0.1) are forwarded from the host's 127.0.0.1 by a :class:`Portal`.
+
+    The few ``subprocess.Popen`` methods the fixtures use are delegated (nsenter execs the
+    command, so ``pid`` is the process's own)."""
+
+    def __init__(self, netns_path: str, argv: Sequence[str], *, ports: Sequence[int] = (),
+                 **popen: Any) -> None:
+        self.portal = Portal(netns_path, [(p, "127.0.0.1", p) for p in ports]).start() \
+            if ports else None
+        try:
+            self.proc: subprocess.Popen[Any] = subprocess.Popen(
+                [*netns_argv(netns_path), *argv], **popen)
+        except BaseException:
+            if self.portal is not None:
+                self.portal.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def returncode(self) -> int | None:
+        return self.proc.returncode
+
+    def poll(self) -> int | None:
+        return self.proc.poll()
+
+    def terminate(self) -> None:
+        self.proc.terminate()
+
+    def kill(self) -> None:
+        self.proc.kill()
+
+    def send_signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the process; once it is gone, its portal goes too."""
+        code = self.proc.wait(timeout)
+        if self.portal is not None:
+            self.portal.stop()
+        return code
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -120,7 +221,10 @@ class Cluster:
     """A running test cluster, as the e2e tests see it.
 
     ``node_ip`` is the node's InternalIP (the API server listens there); ``host_ip`` is the
-    host's address on the pod bridge, which pods use to reach services on the host.
+    gateway address of the pod bridge, which pods use to reach the tests' services. Both exist
+    only inside the cluster's network namespace (``netns_path``); the test process reaches the
+    API server with ``kubeconfig`` (127.0.0.1, through the portal of ``hack/cluster/up``), a
+    :class:`NetnsProcess` with ``kubeconfig_netns`` (the node IP).
     """
 
     kubeconfig: Path
@@ -131,6 +235,8 @@ class Cluster:
     node_name: str
     run_dir: Path
     busybox_image: str
+    netns_path: str
+    kubeconfig_netns: Path
     started_here: bool = False
     env: dict[str, str] = field(default_factory=dict)
 
@@ -174,6 +280,13 @@ class Cluster:
         items: list[dict[str, Any]] = self.get_json("pods", "-n", namespace, *sel)["items"]
         return [p for p in items if not p["metadata"].get("deletionTimestamp")]
 
+    def netns_process(self, argv: Sequence[str], *, ports: Sequence[int] = (),
+                      env: Mapping[str, str] | None = None, **popen: Any) -> NetnsProcess:
+        """Start ``argv`` inside the cluster's network namespace (see :class:`NetnsProcess`),
+        with ``KUBECONFIG`` set to the in-namespace admin kubeconfig."""
+        full_env = {**os.environ, **(env or {}), "KUBECONFIG": str(self.kubeconfig_netns)}
+        return NetnsProcess(self.netns_path, argv, ports=ports, env=full_env, **popen)
+
     def wait_for(self, predicate: Callable[[], T | None], timeout: float, what: str,
                  interval: float = 0.1) -> T:
         """See :func:`wait_for`."""
@@ -209,6 +322,8 @@ def load_cluster(started_here: bool = False) -> Cluster:
         node_name=env["NODE_NAME"],
         run_dir=Path(env["RUN_DIR"]),
         busybox_image=env["BUSYBOX_IMAGE"],
+        netns_path=env["NETNS_PATH"],
+        kubeconfig_netns=Path(env["KUBECONFIG_NETNS"]),
         started_here=started_here,
         env=env,
     )
@@ -222,16 +337,18 @@ def cluster_is_up() -> bool:
 
 @dataclass
 class HostRedis:
-    """A redis-server on the host, bound to 127.0.0.1 and the pod bridge address.
+    """A redis-server host process inside the cluster's network namespace, bound to its
+    127.0.0.1 and the pod bridge address, with a :class:`Portal` from the host's 127.0.0.1.
 
-    ``url_for_pods`` is what a pod's ``BGQ_REDIS_URL`` should be; ``url_for_host`` is for the
-    test process itself.
+    ``url_for_pods`` is what a pod's ``BGQ_REDIS_URL`` should be (also right for a
+    :class:`NetnsProcess`); ``url_for_host`` is for the test process itself (same port).
     """
 
     host_ip: str
     port: int
     workdir: Path
-    proc: subprocess.Popen[bytes] | None = None
+    netns_path: str = ""  # "": the test cluster's (hack/cluster/env)
+    proc: NetnsProcess | None = None
 
     @property
     def url_for_pods(self) -> str:
@@ -255,17 +372,18 @@ class HostRedis:
         if binary is None:
             raise ClusterError("redis-server is not installed: hack/cluster/install installs it")
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", self.host_ip,
-             "--dir", str(self.workdir), "--save", "", "--appendonly", "no",
-             "--protected-mode", "no", "--logfile", str(self.workdir / "redis.log")],
-            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        netns = self.netns_path or cluster_env()["NETNS_PATH"]
+        self.proc = NetnsProcess(
+            netns, [binary, "--port", str(self.port), "--bind", "127.0.0.1", self.host_ip,
+                    "--dir", str(self.workdir), "--save", "", "--appendonly", "no",
+                    "--protected-mode", "no", "--logfile", str(self.workdir / "redis.log")],
+            ports=[self.port], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
         def ping() -> bool:
             if self.proc is not None and self.proc.poll() is not None:
                 log = (self.workdir / "redis.log").read_text(errors="replace")[-2000:]
                 raise ClusterError(f"redis-server exited: {log}")
-            with self.client() as r:
+            with self.client() as r:  # errors are "not yet" (the portal listens first)
                 return bool(r.ping())
         wait_for(ping, 10, f"redis-server on {self.host_ip}:{self.port}", interval=0.05)
 

@@ -8,8 +8,8 @@ tests can assert the whole replica history (no intermediate values) and measure 
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -72,10 +72,12 @@ def operator(cluster: Cluster, crd: None, namespace: str, tmp_path: Path) -> Ite
     port = free_port()
     log_path = tmp_path / "operator.log"
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
+        # inside the cluster's network namespace (it reads the queues' Redis at the pods'
+        # address); its HTTP port is forwarded to the host's loopback
+        proc = cluster.netns_process(
             [sys.executable, "-m", "bgq_operator", "--namespace", namespace,
              "--http-host", "127.0.0.1", "--http-port", str(port)],
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "BGQ_LOG_LEVEL": "INFO"},
+            ports=[port], env={"BGQ_LOG_LEVEL": "INFO"},
             stdout=log, stderr=subprocess.STDOUT,
         )
         try:
@@ -319,14 +321,44 @@ def test_zero_waits_for_in_flight_work(
 
 @pytest.fixture(scope="module")
 def pod_redis_cluster(cluster: Cluster, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real 3-primary + 3-replica Redis Cluster on the host's pod-bridge address, so worker
-    pods follow its MOVED redirections to every node (and the test and operator reach it too)."""
+    """A real 3-primary + 3-replica Redis Cluster on the pod-bridge address inside the cluster's
+    network namespace, so worker pods (and the operator, a host process there) follow its
+    MOVED redirections to every node; the test reaches it through loopback portals
+    (:func:`host_settings`)."""
     from tests.conftest import start_redis_cluster
 
-    servers = start_redis_cluster(tmp_path_factory.mktemp("pod-cluster"), host=cluster.host_ip)
+    servers = start_redis_cluster(tmp_path_factory.mktemp("pod-cluster"), host=cluster.host_ip,
+                                  netns_path=cluster.netns_path)
     yield servers
     for node in servers.nodes:
         node.stop()
+
+
+@contextlib.contextmanager
+def host_settings(servers: Any) -> Iterator[Any]:
+    """Settings for the test process's own client of ``servers``. The test runs outside the
+    cluster's network namespace and reaches each node through its loopback portal (same port),
+    so the addresses the nodes announce (the pods' gateway) are mapped to 127.0.0.1 with
+    redis-py's ``address_remap``, as for any client behind NAT."""
+    import bgq.connection
+    from bgq.settings import RedisMode, RedisSettings
+
+    ports = {n.port for n in servers.nodes}
+    original = bgq.connection._options
+
+    def remap(addr: tuple[str, int]) -> tuple[str, int]:
+        return ("127.0.0.1", addr[1]) if addr[1] in ports else addr
+
+    def options(s: RedisSettings) -> dict[str, Any]:
+        opts = original(s)
+        if s.mode is RedisMode.CLUSTER:
+            opts["address_remap"] = remap
+        return opts
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bgq.connection, "_options", options)
+        yield RedisSettings(mode=RedisMode.CLUSTER, url=f"redis://127.0.0.1:{servers.nodes[0].port}",
+                            nodes=",".join(f"127.0.0.1:{n.port}" for n in servers.nodes[1:3]))
 
 
 def test_a_cluster_mode_queue_autoscales_and_drains_like_standalone(
@@ -349,7 +381,8 @@ def test_a_cluster_mode_queue_autoscales_and_drains_like_standalone(
     watch.start()
     queue = f"{namespace}/{name}"
     try:
-        with bgq.Client(redis_settings=pod_redis_cluster.settings()) as client:
+        with host_settings(pod_redis_cluster) as settings, \
+                bgq.Client(redis_settings=settings) as client:
             long_job, *short = client.enqueue_many(
                 queue, [bgq.JobSpec("sleep", (15,))] + [bgq.JobSpec("sleep", (2,))] * 5)
             watch.wait(lambda h: h[-1][1] == 3, 15, "3 replicas for 6 jobs, in one step")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from pathlib import Path
 from typing import Any
 
+import yaml
 from tests.e2e.kube import Cluster, HostRedis
 
 from bgq_operator.manifests import DEFAULT_COMMAND
@@ -60,6 +60,91 @@ def test_node_is_ready_at_pinned_version(cluster: Cluster) -> None:
     assert node["status"]["nodeInfo"]["kubeletVersion"] == cluster.env["K8S_VERSION"]
     addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
     assert addresses["InternalIP"] == cluster.node_ip
+
+
+def _run(*argv: str) -> str:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+
+
+def test_the_cluster_leaves_the_host_network_namespace_alone(cluster: Cluster) -> None:
+    """Everything of the cluster's network is inside its own namespace: the host's root
+    namespace has none of its links, addresses, routes or iptables chains, and the host reaches
+    the API server only through the loopback portal (the admin kubeconfig's 127.0.0.1)."""
+    netns = cluster.env["NETNS"]
+    ours = ("10.213.", "10.214.", "10.215.")
+    root_links = {link["ifname"] for link in json.loads(_run("ip", "-j", "link", "show"))}
+    assert not {cluster.env["BRIDGE"], "bgq-node0", "bgq-node1"} & root_links, root_links
+    root_addrs = _run("ip", "-o", "addr", "show")
+    root_routes = _run("ip", "route", "show", "table", "all")
+    assert not any(a in root_addrs for a in ours), root_addrs
+    assert not any(a in root_routes for a in ours), root_routes
+    for table in ("filter", "nat"):
+        assert "KUBE-" not in _run("iptables", "-t", table, "-S"), f"KUBE- chains in root {table}"
+    # ... and all of it is in the cluster's namespace
+    in_ns = ["ip", "netns", "exec", netns]
+    assert cluster.env["BRIDGE"] in _run("ip", "-n", netns, "-o", "link", "show")
+    assert cluster.node_ip in _run("ip", "-n", netns, "-o", "addr", "show")
+    assert "KUBE-SERVICES" in _run(*in_ns, "iptables", "-t", "nat", "-S")
+    assert _run(*in_ns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
+    server = yaml.safe_load(cluster.kubeconfig.read_text())["clusters"][0]["cluster"]["server"]
+    assert server == cluster.env["API_SERVER"] == f"https://127.0.0.1:{server.rsplit(':', 1)[1]}"
+    assert cluster.kubectl("get", "--raw", "/readyz").stdout.strip() == "ok"
+
+
+def test_coredns_serves_srv_pod_reverse_and_negative_answers(
+        cluster: Cluster, namespace: str) -> None:
+    """The cluster DNS is CoreDNS's kubernetes plugin: SRV records of named Service ports, pod
+    records (``pods verified``), reverse lookups of ClusterIPs, NXDOMAIN for unknown names (the
+    rest of the world included: nothing leaves the machine), and a negative answer is cached no
+    longer than the plugin's 5 s TTL, so a Service created after a miss resolves soon."""
+    cluster.apply([
+        busybox_deployment(cluster, "web", "nc -ll -p 8080 -e echo hi", grace=1),
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+         "spec": {"selector": {"app": "web"},
+                  "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+    ], namespace=namespace)
+    (pod,) = cluster.wait_pods_running(namespace, "app=web", 1)
+    pod_ip = pod["status"]["podIP"]
+    svc_ip = cluster.get_json("service", "web", "-n", namespace)["spec"]["clusterIP"]
+    fqdn = f"web.{namespace}.svc.cluster.local"
+    # later: a Service that does not exist yet when the pod first asks for it
+    late = f"late.{namespace}.svc.cluster.local"
+    script = "; ".join([
+        f"echo '== srv'; nslookup -type=SRV _http._tcp.{fqdn}",
+        f"echo '== pod'; nslookup {pod_ip.replace('.', '-')}.{namespace}.pod.cluster.local",
+        f"echo '== ptr'; nslookup {svc_ip}",
+        f"echo '== missing'; nslookup nosuch.{namespace}.svc.cluster.local",
+        "echo '== outside'; nslookup example.com.",
+        f"echo '== late-miss'; nslookup {late}",
+        "touch /tmp/asked",
+        # wait (bounded) until the test has created the Service, then until it resolves
+        f"i=0; until nslookup {late} >/dev/null 2>&1; do i=$((i+1)); "
+        "[ $i -gt 150 ] && echo late-never && exit 1; sleep 0.1; done; "
+        "echo late-resolved-after=$i",
+    ])
+    cluster.apply({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "dig"},
+        "spec": {"restartPolicy": "Never", "containers": [{
+            "name": "dig", "image": cluster.busybox_image, "imagePullPolicy": NEVER,
+            "command": ["/bin/sh", "-c", script]}]},
+    }, namespace=namespace)
+    cluster.wait_for(lambda: "== late-miss" in cluster.logs(namespace, "dig")
+                     and "NXDOMAIN" in cluster.logs(namespace, "dig").split("== late-miss")[1],
+                     60, "the pod's first (negative) lookup of the late Service")
+    created = time.monotonic()
+    cluster.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "late"},
+                   "spec": {"selector": {"app": "web"}, "ports": [{"port": 81}]}},
+                  namespace=namespace)
+    assert wait_pod_done(cluster, namespace, "dig") == "Succeeded", cluster.logs(namespace, "dig")
+    resolved_within = time.monotonic() - created
+    out = cluster.logs(namespace, "dig")
+    parts = dict(part.split("\n", 1) for part in out.split("== ")[1:])
+    assert f"web.{namespace}.svc.cluster.local" in parts["srv"] and "80" in parts["srv"], out
+    assert pod_ip in parts["pod"], out
+    assert fqdn in parts["ptr"], out
+    assert "NXDOMAIN" in parts["missing"] and "NXDOMAIN" in parts["outside"], out
+    assert "late-resolved-after=" in out, out
+    assert resolved_within < 5 + 10, f"a new Service took {resolved_within:.1f} s to resolve"
 
 
 def test_pod_reaches_host_redis_and_api_service(cluster: Cluster, cluster_redis: HostRedis,
@@ -119,13 +204,18 @@ def test_pod_keeps_reaching_the_host_while_a_neighbour_pod_is_deleted(
     reach the host (Redis, API server, DNS) for 1.5 to 30+ s (issue 9).
     """
     bridge, pinned = cluster.env["BRIDGE"], cluster.env["BRIDGE_MAC"]
-    sysfs = Path("/sys/class/net") / bridge
+    netns = cluster.env["NETNS"]
+
+    def links(*args: str) -> list[dict[str, Any]]:  # inside the cluster's network namespace
+        out = subprocess.run(["ip", "-n", netns, "-j", "link", "show", *args],
+                             capture_output=True, text=True, check=True).stdout
+        return list(json.loads(out or "[]"))
 
     def bridge_mac() -> str:
-        return (sysfs / "address").read_text().strip()
+        return str(links("dev", bridge)[0]["address"])
 
     def ports() -> int:
-        return len(list((sysfs / "brif").iterdir()))
+        return len(links("master", bridge))
 
     assert bridge_mac() == pinned
     port = cluster_redis.url_for_pods.rsplit(":", 1)[1].split("/")[0]

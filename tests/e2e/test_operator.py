@@ -7,7 +7,6 @@ API server; worker pods run the project image and reach the host's redis-server.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -63,16 +62,18 @@ def crd(cluster: Cluster) -> None:
 
 
 class OperatorProcess:
-    """``python -m bgq_operator`` on the host, watching one namespace."""
+    """``python -m bgq_operator`` as a host process, watching one namespace."""
 
     def __init__(self, cluster: Cluster, namespace: str, log_path: Path) -> None:
         self.port = free_port()
         self.log_path = log_path
         self._log = log_path.open("ab")
-        self.proc = subprocess.Popen(
+        # inside the cluster's network namespace: it reaches the queues' Redis at the pods'
+        # address; its HTTP port is forwarded to the host's loopback
+        self.proc = cluster.netns_process(
             [sys.executable, "-m", "bgq_operator", "--namespace", namespace,
              "--http-host", "127.0.0.1", "--http-port", str(self.port)],
-            env={**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "BGQ_LOG_LEVEL": "INFO"},
+            ports=[self.port], env={"BGQ_LOG_LEVEL": "INFO"},
             stdout=self._log, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
