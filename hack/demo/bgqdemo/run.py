@@ -21,7 +21,7 @@ from typing import Any
 
 import redis
 from rich.console import Console
-from tests.e2e.kube import Cluster
+from tests.e2e.kube import Cluster, Portal, free_port
 
 from bgqdemo.stack import QUEUE, RELEASE, DemoError, apply_queue, queue_manifest, service_ip
 from bgqdemo.summary import JobRecord, Sample, Summary, summarize
@@ -160,13 +160,20 @@ def run_scenario(console: Console, cluster: Cluster, namespace: str, tasks_image
     queue = queue_manifest(namespace, tasks_image, short, scenario)
     queue["spec"]["scaling"]["maxReplicas"] = plan.max_replicas
     apply_queue(cluster, namespace, queue)
-    redis_url = f"redis://{service_ip(cluster, namespace, f'{RELEASE}-redis')}:6379/0"
-    sampler = Sampler(cluster, namespace, QUEUE, redis_url)
+    # the trial Redis's ClusterIP, through a loopback portal into the cluster's network
+    # namespace (kube-proxy's rules there route it, as for a pod)
+    port = free_port()
+    portal = Portal(cluster.netns_path,
+                    [(port, service_ip(cluster, namespace, f"{RELEASE}-redis"), 6379)]).start()
     try:
-        return _run(console, cluster, namespace, tasks_image, plan=plan, sampler=sampler,
-                    plain=plain)
+        sampler = Sampler(cluster, namespace, QUEUE, f"redis://127.0.0.1:{port}/0")
+        try:
+            return _run(console, cluster, namespace, tasks_image, plan=plan, sampler=sampler,
+                        plain=plain)
+        finally:
+            sampler.close()
     finally:
-        sampler.close()
+        portal.stop()
 
 
 def _run(console: Console, cluster: Cluster, namespace: str, tasks_image: str, *, plan: Plan,

@@ -187,7 +187,8 @@ def apply_queue(cluster: Cluster, namespace: str, queue: dict[str, Any]) -> None
 
 
 def service_ip(cluster: Cluster, namespace: str, name: str) -> str:
-    """A Service's ClusterIP: the host reaches it through kube-proxy like a pod would."""
+    """A Service's ClusterIP (reached from inside the cluster's network namespace, through
+    kube-proxy like a pod would)."""
     ip = str(cluster.get_json("service", name, "-n", namespace)["spec"]["clusterIP"])
     if not ip or ip == "None":
         raise ClusterError(f"service {namespace}/{name} has no ClusterIP")
