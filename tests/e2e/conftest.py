@@ -16,9 +16,14 @@ Session fixtures (shared by every e2e test; names are a contract, keep them):
     ``.pods(namespace, selector)``, ``.wait_for(predicate, timeout, what)`` (returns the
     predicate's truthy value), ``.wait_pods_running(namespace, selector, count)``,
     ``.logs(namespace, pod)``, ``.helm(*args)``, ``.node_ip``, ``.host_ip`` (the address pods use
-    to reach services on the host), ``.busybox_image`` (``bgq.local/busybox:1``).
+    to reach the tests' services), ``.busybox_image`` (``bgq.local/busybox:1``),
+    ``.netns_process(argv, ports=...)`` (a host process inside the cluster's network namespace,
+    e.g. an operator that must reach Redis at the pods' address; its ports get loopback
+    portals), ``.netns_path``, ``.kubeconfig_netns``. The cluster's network is in a namespace of
+    its own: the test process reaches it only through loopback portals (docs/cluster.md).
 ``cluster_redis`` -> :class:`tests.e2e.kube.HostRedis`
-    A redis-server on the host reachable from pods: ``.url_for_pods``, ``.url_for_host``,
+    A redis-server inside the cluster's network namespace, reachable from pods
+    (``.url_for_pods``) and from the test (``.url_for_host``, a portal on the same port),
     ``.client()``, ``.flush()``. Shared by the session: flush it or use unique queue names.
 ``worker_image`` / ``operator_image`` -> str
     References of the project images built from the working tree and imported into the cluster's
