@@ -9,10 +9,11 @@ starts on 127.0.0.1 and a fake Kubernetes API in memory that gives every write a
 (``--api-ms``: uniform between the two figures) and serves at most ``--api-slots`` requests at
 once (an API server on a shared 2-core machine: writes queue behind each other), and burns
 ``--event-cpu-ms`` of this process's CPU per write (a stand-in for what the watch event of that
-write costs kopf in the real operator: a guess, as the latency is). A producer *process* enqueues into ``--burst-queues`` queues (one job
-every 20 ms, round robin, as ``bench/operator_scale.py`` does; their jobs are never run, so
-they scale up to maxReplicas 3 and stay busy), and ``--samples`` times a job goes into a queue at
-rest at 0 replicas; each sample is timed stage by stage on one clock:
+write costs kopf in the real operator: a guess, as the latency is). A producer *process*
+enqueues into ``--burst-queues`` queues (one job every 20 ms, round robin, as
+``bench/operator_scale.py`` does; their jobs are never run, so they scale up to maxReplicas 3
+and stay busy), and ``--samples`` times a job goes into a queue at rest at 0 replicas; each
+sample is timed stage by stage on one clock:
 
     enqueue -> wake received (bgq:wake) -> tick start -> demand read -> scale PATCH sent -> done
 

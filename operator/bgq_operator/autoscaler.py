@@ -214,7 +214,9 @@ class EndpointLoop:
         ]
 
     async def stop(self) -> None:
-        """Stop both tasks (a flag too: Python 3.11's wait_for can swallow a cancellation)."""
+        """Stop the tasks (a flag too: Python 3.11's wait_for can swallow a cancellation),
+        and let go of the writes held back for its decisions from rest (the gate is shared
+        with the other endpoints' loops)."""
         self._stopping = True
         self.wake.set()
         self.cold_wake.set()
@@ -223,6 +225,8 @@ class EndpointLoop:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        for name in list(self._urgent):
+            self._release(name)
 
     def _states(self, names: set[str] | None = None) -> list[QueueState]:
         """The states of every queue (sorted by key), or of those ``names`` of this endpoint."""

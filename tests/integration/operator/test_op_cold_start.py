@@ -151,6 +151,7 @@ async def test_a_queue_woken_from_rest_is_decided_at_once_then_from_the_whole_bu
     cold_tick = rec.index("tick", "cold", True)
     debounced = rec.index("tick", "cold", False)
     assert wake < cold_tick < first < debounced, rec.log
+    assert ctx.write_gate.urgent == 0, "every hold let go once its PATCH was sent"
     await eventually(lambda: kube.deployments["bgq-cold"]["spec"]["replicas"] == 2, 5, "2")
 
 
@@ -195,6 +196,21 @@ async def test_a_scale_from_zero_goes_before_busy_queues_writes(
     after = [(k, n) for k, n, _ in rec.log[first + 1 :] if n != "cold"]
     assert after, "the storm was still being written when the cold queue woke"
     assert sorted(set(rec.scales("busy00") + rec.scales("busy39"))) == [2]
+    assert ctx.write_gate.urgent == 0
+
+
+async def test_a_stopped_loop_holds_no_write_back(
+    runtime: tuple[Context, FakeKube, Autoscaler], redis_url: str
+) -> None:
+    """The gate is shared by every endpoint's loop: one retired while a decision from rest was
+    pending must not hold the others' status writes back."""
+    ctx, _, autoscaler = runtime
+    await add_queue(ctx, "gone", redis_url)
+    (loop,) = autoscaler.loops.values()
+    loop._hold(f"{NS}/gone")  # a decision from rest, cut short by the stop
+    assert ctx.write_gate.urgent == 1
+    await loop.stop()
+    assert ctx.write_gate.urgent == 0
 
 
 async def test_a_busy_queue_whose_replicas_stay_costs_no_write_per_wake_up(
