@@ -3,9 +3,12 @@
 One :class:`EndpointLoop` per Redis endpoint serves every queue on that Redis:
 
 * it SUBSCRIBEs to ``bgq:wake`` (the enqueue script publishes the queue name, rate-limited), so
-  the first job into an idle queue wakes it within milliseconds; after a wake-up it waits a short
-  debounce (so a pipelined burst is seen whole) and then decides; without wake-ups it polls at
-  the smallest ``scaling.pollIntervalSeconds`` of its queues;
+  the first job into an idle queue wakes it within milliseconds; a queue woken from rest (0
+  replicas, nothing waiting) is decided at once, on a path of its own (no debounce, no wait for
+  the tick of busier queues), and its scale PATCH goes ahead of the operator's bookkeeping
+  writes (``reconcile.WriteGate``); every wake-up is also decided after a short debounce (so a
+  burst is seen whole: a queue woken from rest is decided a second time, from the whole burst);
+  without wake-ups it polls at the smallest ``scaling.pollIntervalSeconds`` of its queues;
 * each tick is ONE pipelined round trip (``bgq.stats.read_demand``) for all its queues, plus one
   more only for queues about to go to zero (to see delayed jobs due within the idle window);
 * applying: scale up in one step by patching the Deployment's ``replicas``; on scale-down, first
@@ -20,8 +23,8 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Awaitable, Sequence
+from typing import Any, TypeVar
 
 import redis.exceptions
 
@@ -44,8 +47,12 @@ from bgq_operator.spec import QueueStatus, ScalingLimitStatus, ScalingStatus, de
 from bgq_operator.state import QueueState
 
 log = logging.getLogger("bgq_operator.autoscaler")
+A = TypeVar("A")
+B = TypeVar("B")
 
 DEBOUNCE_S = 0.075
+"""A wake-up is decided this long after it came (a burst is seen whole), besides a queue woken
+from rest, which is decided at once as well (:meth:`EndpointLoop._cold_loop`)."""
 IDLE_POLL_S = 30.0
 """A queue at rest (no replicas, nothing waiting, running or delayed) is read on a poll tick
 this often; between those reads an enqueue's wake-up decides it at once. Keeps the work of
@@ -113,14 +120,29 @@ def _unchanged(state: QueueState, demand: QueueDemand | None) -> bool:
     return demand is not None and not demand.workers and queue_figures(demand) == state.queue
 
 
+Span = tuple[str, int, float]
+"""A decision's trigger ("wake"/"poll"), and when its tick started (epoch ns, monotonic)."""
+
+
 class EndpointLoop:
     """Wake-ups, ticks and decisions for the queues of one Redis endpoint."""
 
     def __init__(self, ctx: Context, endpoint: Endpoint) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
-        self.queues: set[tuple[str, str]] = set()
+        self._queues: set[tuple[str, str]] = set()
+        self._keys: dict[str, tuple[str, str]] = {}
+        """Queue name -> registry key of every queue on this endpoint (a wake-up's lookup)."""
+        self._order: list[tuple[str, str]] = []
+        """The queues' keys, sorted once per change (not on every tick)."""
+        self._interval: float | None = None
+        """The poll interval, computed again after a change of queues or specs (None)."""
         self.wake = asyncio.Event()
+        self.cold: set[str] = set()
+        """Queues woken from rest, waiting for the cold path (decided at once, no debounce)."""
+        self.cold_wake = asyncio.Event()
+        self._urgent: set[str] = set()
+        """Queues whose decision from rest holds the bookkeeping writes back (WriteGate)."""
         self.retick_soon = False
         self.trigger = "poll"
         """Why the current tick runs: "wake" (a bgq:wake message) or "poll"."""
@@ -156,42 +178,74 @@ class EndpointLoop:
         self.sampled: dict[str, tuple[float, tuple[Any, ...]]] = {}
         """Per queue, the time and signature of its last decision record (bgq.decisions)."""
 
+    @property
+    def queues(self) -> set[tuple[str, str]]:
+        """``(namespace, name)`` of every queue on this endpoint."""
+        return self._queues
+
+    @queues.setter
+    def queues(self, keys: set[tuple[str, str]]) -> None:
+        self._queues = set(keys)
+        self._order = sorted(self._queues)
+        self._keys = {f"{ns}/{n}": (ns, n) for ns, n in self._order}
+        self._interval = None
+
     def wake_for(self, queue_name: str | None) -> None:
         """Decide ``queue_name`` now (None: every queue of this endpoint)."""
         if queue_name is None:
             self.full_due = True
+            self._interval = None
         else:
             self.woken.add(queue_name)
         self.wake.set()
 
+    def poked(self, queue_name: str) -> None:
+        """``queue_name``'s spec, annotations or Deployment changed: decide it now."""
+        self._interval = None
+        self.wake_for(queue_name)
+
     def start(self) -> None:
-        """Start the decision loop and the wake-up listener."""
+        """Start the decision loop, the cold path and the wake-up listener."""
+        label = self.endpoint.label
         self._tasks = [
-            asyncio.create_task(self._run(), name=f"bgq-scale {self.endpoint.label}"),
-            asyncio.create_task(self._listen(), name=f"bgq-wake {self.endpoint.label}"),
+            asyncio.create_task(self._run(), name=f"bgq-scale {label}"),
+            asyncio.create_task(self._cold_loop(), name=f"bgq-cold {label}"),
+            asyncio.create_task(self._listen(), name=f"bgq-wake {label}"),
         ]
 
     async def stop(self) -> None:
-        """Stop both tasks (a flag too: Python 3.11's wait_for can swallow a cancellation)."""
+        """Stop the tasks (a flag too: Python 3.11's wait_for can swallow a cancellation),
+        and let go of the writes held back for its decisions from rest (the gate is shared
+        with the other endpoints' loops)."""
         self._stopping = True
         self.wake.set()
+        self.cold_wake.set()
         tasks = [*self._tasks, *self._deciding.values()]
         for task in tasks:
             task.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=5)
+        for name in list(self._urgent):
+            self._release(name)
 
-    def _states(self) -> list[QueueState]:
-        found = (self.ctx.registry.find(ns, n) for ns, n in sorted(self.queues))
+    def _states(self, names: set[str] | None = None) -> list[QueueState]:
+        """The states of every queue (sorted by key), or of those ``names`` of this endpoint."""
+        find = self.ctx.registry.find
+        if names is None:
+            keys = self._order
+        else:
+            keys = sorted(k for k in map(self._keys.get, names) if k is not None)
+        found = (find(ns, n) for ns, n in keys)
         return [s for s in found if s is not None]
 
     def _poll_interval(self) -> float:
-        intervals = [s.spec.scaling.poll_interval_seconds for s in self._states() if s.spec]
-        return float(min(intervals, default=2))
+        if self._interval is None:
+            intervals = [s.spec.scaling.poll_interval_seconds for s in self._states() if s.spec]
+            self._interval = float(min(intervals, default=2))
+        return self._interval
 
     async def _listen(self) -> None:
         """SUBSCRIBE bgq:wake and set the wake event for our queues; reconnect forever."""
-        names_of = self._names
         while not self._stopping:
             pubsub = self.ctx.redis.client(self.endpoint).pubsub(ignore_subscribe_messages=True)
             try:
@@ -202,9 +256,8 @@ class EndpointLoop:
                         continue
                     metrics.WAKEUPS.labels(self.endpoint.label).inc()
                     name = str(message.get("data"))
-                    if name in names_of():
-                        self.traced.add(name)
-                        self.wake_for(name)
+                    if name in self._keys:
+                        self._woken_by_enqueue(name)
             except REDIS_ERRORS as exc:
                 log.debug("wake subscription to %s failed: %s", self.endpoint.label, exc)
                 await asyncio.sleep(RETRY_S)
@@ -212,8 +265,49 @@ class EndpointLoop:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
 
-    def _names(self) -> set[str]:
-        return {f"{ns}/{n}" for ns, n in self.queues}
+    def _woken_by_enqueue(self, name: str) -> None:
+        """A bgq:wake message for one of our queues. One woken from rest takes the cold path
+        as well: decided at once (the latency a user feels: the first job into an idle queue
+        waits for a pod), with its writes ahead of the bookkeeping of busy queues. The debounced
+        tick decides it again from the whole burst (more jobs may have followed that publish
+        no wake-up of their own: the enqueue script publishes at most every 200 ms)."""
+        if name not in self._deciding and name not in self.cold:
+            key = self._keys[name]
+            state = self.ctx.registry.find(*key)
+            if state is not None and state.spec is not None and _resting(state):
+                self.cold.add(name)
+                self._hold(name)
+                self.cold_wake.set()
+        self.traced.add(name)
+        self.wake_for(name)
+
+    def _hold(self, name: str) -> None:
+        """Hold the bookkeeping writes back until ``name``'s decision from rest is applied."""
+        if name not in self._urgent:
+            self._urgent.add(name)
+            self.ctx.write_gate.begin_urgent()
+
+    def _release(self, name: str) -> None:
+        if name in self._urgent:
+            self._urgent.discard(name)
+            self.ctx.write_gate.end_urgent()
+
+    async def _cold_loop(self) -> None:
+        """Decide the queues woken from rest as soon as they are woken (no debounce), in
+        batches: those woken while one is being read are read together next."""
+        while not self._stopping:
+            await self.cold_wake.wait()
+            self.cold_wake.clear()
+            if self._stopping:
+                return
+            names, self.cold = self.cold, set()
+            try:
+                await self.tick(names, full=False, cold=True)
+            except Exception:  # as in _run: autoscaling must go on
+                log.exception("autoscaler tick (from rest) for %s failed", self.endpoint.label)
+            for name in names:
+                if name not in self._deciding:  # nothing to apply (or it failed): let go
+                    self._release(name)
 
     async def _run(self) -> None:
         """Poll every queue each poll interval; between polls, decide only the woken queues.
@@ -253,16 +347,26 @@ class EndpointLoop:
             except Exception:  # a bug must not stop autoscaling of every queue on this Redis
                 log.exception("autoscaler tick for %s failed", self.endpoint.label)
 
-    async def tick(self, woken: set[str] | None = None, *, full: bool = True) -> None:
+    async def tick(
+        self, woken: set[str] | None = None, *, full: bool = True, cold: bool = False
+    ) -> None:
         """Read the demand of the queues named in ``woken`` and, on a ``full`` (poll) tick, of
-        every other queue not at rest; decide each."""
-        states = [s for s in self._states() if s.spec is not None and s.deployment is not None]
+        every other queue not at rest; decide each. ``cold``: the queues in ``woken`` were
+        woken from rest, just now (the cold path, beside the loop's own ticks)."""
         mono = time.monotonic()
         woken = woken or set()
-        if full:
-            states = [s for s in states if s.queue_name in woken or not _at_rest(s, mono)]
+        if cold:
+            span: Span = ("wake", time.time_ns(), mono)
+            traced = woken & self.traced
+            self.traced -= traced  # linked from the decision from rest, not linked again
         else:
-            states = [s for s in states if s.queue_name in woken]
+            span = (self.trigger, self.tick_started_ns, self.tick_started)
+            traced = self.tick_traced
+        if full:
+            states = [s for s in self._states() if s.queue_name in woken or not _at_rest(s, mono)]
+        else:
+            states = self._states(woken)
+        states = [s for s in states if s.spec is not None and s.deployment is not None]
         if not states:
             return
         # a queue at rest that no wake-up names is only checked: its control keys are synced
@@ -273,23 +377,24 @@ class EndpointLoop:
         for s in states:
             s.polled_at = mono
         if full and len(self.sampled) > len(self.queues):  # queues that left this endpoint
-            names = self._names()
-            self.sampled = {k: v for k, v in self.sampled.items() if k in names}
+            self.sampled = {k: v for k, v in self.sampled.items() if k in self._keys}
         client = self.ctx.redis.client(self.endpoint)
         now = time.time()
         error: str | None = None
         demand: dict[str, QueueDemand] = {}
         try:
-            control = await queuekeys.sync(
-                client, [(QueueName(s.namespace, s.name), s.spec) for s in synced if s.spec]
+            control, demand = await _together(  # independent: one round trip, not two
+                queuekeys.sync(
+                    client, [(QueueName(s.namespace, s.name), s.spec) for s in synced if s.spec]
+                ),
+                read_demand(client, [s.queue_name for s in states], int(now * 1000)),
             )
             for s in synced:
                 s.synced_at = mono
-            demand = await read_demand(client, [s.queue_name for s in states], int(now * 1000))
             for s in synced:
                 _note_control(s, control.get(s.queue_name), demand.get(s.queue_name), now)
             self.controls.update(control)
-            self.links.update(_wake_links(self.tick_traced, control))
+            self.links.update(_wake_links(traced, control))
         except REDIS_ERRORS as exc:
             error = f"cannot reach Redis at {self.endpoint.label}: {exc}"
             metrics.REDIS_ERRORS.labels(self.endpoint.label).inc()
@@ -299,11 +404,17 @@ class EndpointLoop:
             if s.queue_name in resting and error is None and _unchanged(s, d):
                 quiet.append(s)
             else:
-                self._decide(s, d, error)
+                self._decide(s, d, error, span)
         if quiet:  # still at rest: only the console's once-a-minute sample (one round trip)
             await record_decisions(client, quiet, self.sampled, now)
 
-    def _decide(self, state: QueueState, demand: QueueDemand | None, error: str | None) -> None:
+    def _decide(
+        self,
+        state: QueueState,
+        demand: QueueDemand | None,
+        error: str | None,
+        span: Span | None = None,
+    ) -> None:
         """Apply the decision for ``state`` in a task of its own: a tick never waits for API
         calls (a slow scale or status write on one queue does not delay the next wake-up of
         another). A queue whose previous decision is still being applied is decided again,
@@ -312,16 +423,19 @@ class EndpointLoop:
         if name in self._deciding:
             self._again.add(name)
             return
-        self._span_of[name] = (self.trigger, self.tick_started_ns)  # before the next tick
+        trigger, started_ns, started = span or (
+            self.trigger, self.tick_started_ns, self.tick_started
+        )
+        self._span_of[name] = (trigger, started_ns)  # before the next tick
         task = asyncio.create_task(
             self._apply(state, demand, error), name=f"bgq-decide {name}"
         )
         self._deciding[name] = task
-        started = self.tick_started
 
         def done(_: asyncio.Task[None]) -> None:
             metrics.DECISION_LATENCY.observe(time.monotonic() - started)
             self._deciding.pop(name, None)
+            self._release(name)
             if name in self._again and not self._stopping:
                 self._again.discard(name)
                 self.wake_for(name)
@@ -349,6 +463,8 @@ class EndpointLoop:
     async def _scale(
         self, state: QueueState, demand: QueueDemand | None, error: str | None
     ) -> None:
+        if state.lock.locked():  # a reconcile of this queue: its status write must not wait
+            self._release(state.queue_name)
         async with state.lock:
             try:
                 await self._scale_locked(state, demand, error)
@@ -430,7 +546,12 @@ class EndpointLoop:
 
     async def _set_replicas(self, state: QueueState, current: int, target: int, why: str) -> None:
         name = deployment_name(state.name)
-        result = await self.ctx.kube.scale_deployment(state.namespace, name, target)
+        if current > 0 and state.queue_name not in self._urgent:
+            await self.ctx.write_gate.urgent_done()  # a scale from zero first
+        try:
+            result = await self.ctx.kube.scale_deployment(state.namespace, name, target)
+        finally:
+            self._release(state.queue_name)  # its event and status are bookkeeping
         if state.deployment is not None:
             state.deployment.replicas = target
             state.deployment.generation = int(result["metadata"].get("generation") or 0)
@@ -595,6 +716,16 @@ def _wake_links(woken: set[str], control: dict[str, queuekeys.Control]) -> dict[
     }
 
 
+async def _together(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Await two independent Redis reads at once; raise the first one's error, if any."""
+    a, b = await asyncio.gather(first, second, return_exceptions=True)
+    if isinstance(a, BaseException):
+        raise a
+    if isinstance(b, BaseException):
+        raise b
+    return a, b
+
+
 def _fields(obs: Observation) -> dict[str, Any]:
     return {name: getattr(obs, name) for name in Observation.__slots__}
 
@@ -630,7 +761,7 @@ class Autoscaler:
     def poke(self, state: QueueState) -> None:
         """Decide for ``state``'s endpoint now (spec, annotation or Deployment changed)."""
         if state.endpoint is not None and state.endpoint in self.loops:
-            self.loops[state.endpoint].wake_for(state.queue_name)
+            self.loops[state.endpoint].poked(state.queue_name)
 
     async def _retire(self, loop: EndpointLoop) -> None:
         await loop.stop()

@@ -15,10 +15,11 @@ Called from the kopf create/resume/update handlers and from the operator-level p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,9 +46,67 @@ from bgq_operator.state import (
 log = logging.getLogger("bgq_operator.reconcile")
 
 RECONCILE_CONCURRENCY = 8
-STATUS_WRITE_CONCURRENCY = 16
+STATUS_WRITE_CONCURRENCY = 8
+URGENT_HOLD_S = 1.0
+"""The longest a bookkeeping write waits for scale-ups from zero to be sent (no starvation)."""
 VOLATILE_REFRESH_S = 10.0
 """Write status at most this often when only explanations, timers or memory changed."""
+
+
+class WriteGate:
+    """Orders the operator's API writes: a scale-up from zero (a queue with no worker and a job
+    waiting: the latency users feel) goes first; the bookkeeping (status patches and events,
+    at most ``STATUS_WRITE_CONCURRENCY`` in flight) and the scale changes of queues that have
+    workers wait while one is on its way. The API server serves requests in the order they
+    come: under a burst of 50 busy queues, a scale PATCH sent behind their writes waits for
+    them. A write is held back at most ``URGENT_HOLD_S``."""
+
+    def __init__(self, slots: int = STATUS_WRITE_CONCURRENCY) -> None:
+        self._slots = asyncio.Semaphore(slots)
+        self._urgent = 0
+        self._clear = asyncio.Event()
+        self._clear.set()
+
+    @property
+    def urgent(self) -> int:
+        """Scale-ups from zero being decided or sent."""
+        return self._urgent
+
+    def begin_urgent(self) -> None:
+        """A queue woken from rest is being decided (until :meth:`end_urgent`)."""
+        self._urgent += 1
+        self._clear.clear()
+
+    def end_urgent(self) -> None:
+        """Its scale PATCH is done (or none was needed)."""
+        self._urgent = max(0, self._urgent - 1)
+        if not self._urgent:
+            self._clear.set()
+
+    async def urgent_done(self, deadline: float | None = None) -> None:
+        """Wait until no scale-up from zero is pending (at most ``URGENT_HOLD_S``, or until
+        the monotonic ``deadline``)."""
+        if not self._clear.is_set():
+            if deadline is None:
+                deadline = time.monotonic() + URGENT_HOLD_S
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._clear.wait(), max(0.0, deadline - time.monotonic()))
+
+    @contextlib.asynccontextmanager
+    async def bookkeeping(self) -> AsyncIterator[None]:
+        """A slot for a status patch or an event, taken only while no scale-up from zero is
+        pending (a write that waited for a slot checks again before it goes)."""
+        deadline = time.monotonic() + URGENT_HOLD_S
+        while True:
+            await self.urgent_done(deadline)
+            await self._slots.acquire()
+            if self._clear.is_set() or time.monotonic() >= deadline:
+                break
+            self._slots.release()
+        try:
+            yield
+        finally:
+            self._slots.release()
 
 
 @dataclass
@@ -65,11 +124,9 @@ class Context:
         default_factory=lambda: asyncio.Semaphore(RECONCILE_CONCURRENCY)
     )
     """Reconciles running at once (1,000 queues at start-up must not flood the API server)."""
-    write_slots: asyncio.Semaphore = field(
-        default_factory=lambda: asyncio.Semaphore(STATUS_WRITE_CONCURRENCY)
-    )
-    """Status patches and events in flight at once. Scaling writes do not take a slot: a
-    decision is never queued behind bookkeeping."""
+    write_gate: WriteGate = field(default_factory=WriteGate)
+    """Status patches and events in flight at once, behind scale-ups from zero. Scaling
+    writes do not take a slot: a decision is never queued behind bookkeeping."""
 
 
 def initial_replicas(spec: BackgroundQueueSpec) -> int:
@@ -92,7 +149,7 @@ async def post_event(ctx: Context, state: QueueState, type_: str, reason: str, m
     """Post an event on the BackgroundQueue; failures are logged, never raised."""
     log.info("%s/%s %s: %s", state.namespace, state.name, reason, msg)
     try:
-        async with ctx.write_slots:
+        async with ctx.write_gate.bookkeeping():
             await ctx.kube.post_event(state.involved, type_, reason, msg)
     except KubernetesApiError as exc:
         log.warning("could not post event %s on %s/%s: %s", reason, *state.key, exc)
@@ -110,7 +167,7 @@ async def flush_status(ctx: Context, state: QueueState, force: bool = False) -> 
         if fresh or status == last or _timeless(status) == _timeless(last):
             return
     try:
-        async with ctx.write_slots:
+        async with ctx.write_gate.bookkeeping():
             await ctx.kube.patch_queue_status(state.namespace, state.name, status)
     except KubernetesApiError as exc:
         log.warning("could not patch status of %s/%s: %s", *state.key, exc)
