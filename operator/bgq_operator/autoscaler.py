@@ -53,6 +53,10 @@ B = TypeVar("B")
 DEBOUNCE_S = 0.075
 """A wake-up is decided this long after it came (a burst is seen whole), besides a queue woken
 from rest, which is decided at once as well (:meth:`EndpointLoop._cold_loop`)."""
+COLD_SETTLE_S = 0.01
+"""The decision from rest waits until the woken queues' figures are the same in two reads this
+far apart (at most DEBOUNCE_S): one job is decided ~10 ms after its enqueue, and a burst a
+producer sends job by job is seen whole, so it still gets all its pods in one step."""
 IDLE_POLL_S = 30.0
 """A queue at rest (no replicas, nothing waiting, running or delayed) is read on a poll tick
 this often; between those reads an enqueue's wake-up decides it at once. Keeps the work of
@@ -141,6 +145,8 @@ class EndpointLoop:
         self.cold: set[str] = set()
         """Queues woken from rest, waiting for the cold path (decided at once, no debounce)."""
         self.cold_wake = asyncio.Event()
+        self._settling: set[str] = set()
+        """The queues the cold path is reading (until their figures settle) and deciding."""
         self._urgent: set[str] = set()
         """Queues whose decision from rest holds the bookkeeping writes back (WriteGate)."""
         self.retick_soon = False
@@ -301,13 +307,37 @@ class EndpointLoop:
             if self._stopping:
                 return
             names, self.cold = self.cold, set()
+            self._settling = names
             try:
+                await self._settled(names)
                 await self.tick(names, full=False, cold=True)
             except Exception:  # as in _run: autoscaling must go on
                 log.exception("autoscaler tick (from rest) for %s failed", self.endpoint.label)
+            finally:
+                self._settling = set()
             for name in names:
                 if name not in self._deciding:  # nothing to apply (or it failed): let go
                     self._release(name)
+
+    async def _settled(self, names: set[str]) -> None:
+        """Return once the figures of ``names`` read the same twice, COLD_SETTLE_S apart, or
+        after DEBOUNCE_S: the first job of a burst woke them, the rest may be on its way (the
+        enqueue script publishes at most every 200 ms per queue, so they wake nothing). A
+        single job costs ~10 ms and two reads; a read error leaves the judging to the tick."""
+        client = self.ctx.redis.client(self.endpoint)
+        deadline = time.monotonic() + DEBOUNCE_S
+        last: dict[str, tuple[int, int, int, int]] | None = None
+        while not self._stopping:
+            try:
+                read = await read_demand(client, sorted(names), int(time.time() * 1000))
+            except REDIS_ERRORS:
+                return
+            # the counts (not the oldest job's age, which grows between the reads)
+            figures = {n: (d.backlog, d.in_flight, d.delayed, d.due) for n, d in read.items()}
+            if figures == last or time.monotonic() + COLD_SETTLE_S > deadline:
+                return
+            last = figures
+            await asyncio.sleep(COLD_SETTLE_S)
 
     async def _run(self) -> None:
         """Poll every queue each poll interval; between polls, decide only the woken queues.
@@ -338,6 +368,14 @@ class EndpointLoop:
             self.wake.clear()
             full = self.full_due or time.monotonic() - self._last_full >= interval
             names, self.woken, self.full_due = self.woken, set(), False
+            # queues the cold path has yet to decide are its own: decided from a partial burst
+            # here, they would not get all their pods in one step; this tick's successor
+            # decides them again, after the cold path
+            held = names & (self.cold | self._settling)
+            if held:
+                names -= held
+                self.woken |= held
+                self.wake.set()
             self.tick_traced, self.traced = self.traced, set()
             if full:
                 self._last_full = time.monotonic()

@@ -252,3 +252,32 @@ async def test_a_busy_queue_whose_replicas_stay_costs_no_write_per_wake_up(
         client.close()
     assert kube.scales() == [1], "no PATCH when the replica count stays"
     assert len(writes) == settled, "the moving figures alone are not written per wake-up"
+
+
+async def test_a_burst_sent_job_by_job_still_gets_all_its_pods_in_one_step(
+    runtime: tuple[Context, FakeKube, Autoscaler], redis_url: str
+) -> None:
+    """The cold path decides once the queue's figures settle (two equal reads 10 ms apart), so
+    25 jobs enqueued one by one (one wake-up: the rest fall in the publish's 200 ms rate limit)
+    scale 0 -> 3 in one step (10 jobs per pod), never 0 -> 1 -> 3; and the regular tick, which
+    may run meanwhile, leaves the queue to the cold path."""
+    ctx, kube, autoscaler = runtime
+    await add_queue(ctx, "burst", redis_url)
+    (loop,) = autoscaler.loops.values()
+    state = ctx.registry.get(NS, "burst")
+    await eventually(lambda: state.queue is not None and not loop._deciding, 5, "first read")
+    probe = redis.Redis.from_url(redis_url)
+    await eventually(lambda: dict(probe.pubsub_numsub(WAKE_CHANNEL)).get(WAKE_CHANNEL.encode()),
+                     5, "the wake-up subscription")
+    probe.close()
+
+    def one_by_one() -> None:
+        with bgq.Client(redis_url) as client:
+            for _ in range(25):
+                client.enqueue(f"{NS}/burst", "app.tasks.noop")
+
+    await asyncio.to_thread(one_by_one)
+    await eventually(kube.scales, 5, "the scale-up from zero")
+    await eventually(lambda: not loop._deciding and not loop.woken, 5, "every decision applied")
+    assert kube.scales() == [3], kube.scales()
+    assert ctx.write_gate.urgent == 0
