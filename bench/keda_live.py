@@ -72,6 +72,7 @@ from tests.e2e.kube import (  # noqa: E402
     NetnsProcess,
     build_image,
     load_cluster,
+    stop_process,
 )
 
 import autoscale_sim as sim  # noqa: E402  (bench/ is on sys.path when run as a script)
@@ -284,12 +285,7 @@ def teardown(cluster: Cluster, run: Run) -> None:
         if w is not None:
             w.stop()
     if run.operator is not None:
-        run.operator.terminate()
-        try:
-            run.operator.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            run.operator.kill()
-            run.operator.wait()
+        stop_process(run.operator, 15)
     cluster.kubectl("delete", "scaledobject", "--all", "-n", run.namespace, "--timeout=60s",
                     check=False, timeout=90)
     cluster.kubectl("delete", "pods", "--all", "-n", run.namespace, "--grace-period=0",

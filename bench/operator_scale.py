@@ -43,7 +43,6 @@ import os
 import random
 import re
 import secrets
-import signal
 import statistics
 import subprocess
 import sys
@@ -68,6 +67,7 @@ from tests.e2e.kube import (  # noqa: E402
     free_port,
     load_cluster,
     run_script,
+    stop_process,
 )
 
 import bgq  # noqa: E402
@@ -118,12 +118,7 @@ class Operator:
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 30)
         self._log.close()
 
     def metrics(self) -> dict[str, float]:

@@ -317,7 +317,11 @@ def start_redis_cluster(workdir: Path, host: str = "127.0.0.1", replicas: int = 
         node.start()
         nodes.append(node)
     servers = RedisClusterServers(nodes)
-    prefix = ["nsenter", f"--net={netns_path}"] if netns_path else []
+    prefix: list[str] = []
+    if netns_path:
+        from tests.e2e.kube import netns_argv
+
+        prefix = netns_argv(netns_path)
     done = subprocess.run(
         [*prefix, cli, "--cluster", "create", *(n.addr for n in nodes), "--cluster-replicas",
          str(replicas), "--cluster-yes"], capture_output=True, text=True, timeout=60, check=False)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 import yaml
@@ -43,6 +43,23 @@ class ClusterError(RuntimeError):
 
 
 PORTAL = HACK / "portal.py"
+
+
+class Stoppable(Protocol):
+    def terminate(self) -> None: ...
+    def kill(self) -> None: ...
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def stop_process(proc: Stoppable, timeout: float = 10) -> None:
+    """SIGTERM, wait up to ``timeout`` seconds, then SIGKILL and reap: the teardown of every
+    child process the e2e fixtures and benchmarks start."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class Portal:
@@ -70,12 +87,7 @@ class Portal:
     def stop(self) -> None:
         if self.proc is not None:
             if self.proc.poll() is None:
-                self.proc.terminate()
-                try:
-                    self.proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait()
+                stop_process(self.proc)
             for stream in (self.proc.stdout, self.proc.stderr):
                 if stream is not None:
                     stream.close()
@@ -389,12 +401,7 @@ class HostRedis:
 
     def stop(self) -> None:
         if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc)
             self.proc = None
 
 

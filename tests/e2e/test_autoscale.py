@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from tests.conftest import free_port
-from tests.e2e.kube import Cluster, HostRedis
+from tests.e2e.kube import Cluster, HostRedis, stop_process
 
 import bgq
 
@@ -83,12 +83,7 @@ def operator(cluster: Cluster, crd: None, namespace: str, tmp_path: Path) -> Ite
         try:
             yield f"http://127.0.0.1:{port}"
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_process(proc, 15)
     sys.stderr.write(log_path.read_text(errors="replace")[-3000:])
 
 

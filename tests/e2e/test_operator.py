@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import pytest
 from tests.conftest import free_port
-from tests.e2e.kube import Cluster, HostRedis
+from tests.e2e.kube import Cluster, HostRedis, stop_process
 
 import bgq
 
@@ -83,12 +83,7 @@ class OperatorProcess:
 
     def stop(self) -> None:
         if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+            stop_process(self.proc, 15)
         self._log.close()
 
 
