@@ -155,6 +155,11 @@ def test_pod_deleted_at_any_moment_of_its_first_seconds_drains_and_exits_0(
                 assert took < grace, f"{name}: exit {took:.1f} s after deletion\n{report}"
             # what the early pods handed back (or never fetched) one more pod finishes
             api.create_pod(namespace, worker_pod("w-final", bq, namespace, spec))
+            # Ready before anything else: when the early pods' drains ran every job, the waits
+            # below return at once, and a deletion before the container started has no exit to
+            # judge (CI saw exactly that: "containerd saw: None")
+            watch.wait(lambda pods: bool(pods.get("w-final") and pods["w-final"].ready_seen),
+                       60, "w-final to be Ready")
             for job_id in ids:
                 client.wait(queue, job_id, timeout=60)
             assert_each_job_ran_once(client, r, queue, ledger, ids)
