@@ -586,14 +586,14 @@ class EndpointLoop:
         name = deployment_name(state.name)
         if current > 0 and state.queue_name not in self._urgent:
             await self.ctx.write_gate.urgent_done()  # a scale from zero first
+        base = state.deployment.generation if state.deployment is not None else 0
+        state.scale_base = base
         try:
             result = await self.ctx.kube.scale_deployment(state.namespace, name, target)
         finally:
+            state.scale_base = None
             self._release(state.queue_name)  # its event and status are bookkeeping
-        if state.deployment is not None:
-            state.deployment.replicas = target
-            state.deployment.generation = int(result["metadata"].get("generation") or 0)
-            state.written_generation = state.deployment.generation
+        _adopt_scale(state, base, target, int(result["metadata"].get("generation") or 0))
         state.scaling = state.scaling.model_copy(update={"last_scale_time": rfc3339()})
         direction = "up" if target > current else "down"
         metrics.SCALE_EVENTS.labels(state.namespace, state.name, direction).inc()
@@ -652,6 +652,23 @@ class EndpointLoop:
             metrics.REPLICAS.labels(*labels).set(state.deployment.replicas)
         if state.spec is not None:
             metrics.record_limits(labels, state.spec)
+
+
+def _adopt_scale(state: QueueState, base: int, target: int, generation: int) -> None:
+    """Take the Deployment at ``generation`` as the result of our replicas write on ``base``.
+
+    When that write was the only change (``generation == base + 1``), the manifest verified
+    at ``base`` still holds: the verification moves along, so the resync does not read and
+    dry-run every Deployment the autoscaler has just scaled. Someone else's write before ours
+    leaves the queue unverified (the next resync compares it in full); one after ours is a
+    newer generation than ``written_generation``, which the Deployment watch repairs.
+    """
+    view, applied = state.deployment, state.applied
+    if view is not None and view.generation <= generation:
+        view.replicas, view.generation = target, generation
+    state.written_generation = max(state.written_generation, generation)
+    if applied is not None and applied[0] == base and generation == base + 1:
+        state.applied = (generation, applied[1], applied[2])
 
 
 def decision_record(state: QueueState, now: float) -> decisions.DecisionRecord:

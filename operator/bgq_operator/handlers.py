@@ -26,7 +26,7 @@ from bgq_operator.manifests import LABEL_MANAGED_BY, LABEL_QUEUE, MANAGED_BY, Ma
 from bgq_operator.reconcile import Context, forget, needs_resync, reconcile
 from bgq_operator.schedules import Scheduler
 from bgq_operator.spec import GROUP, PLURAL, VERSION
-from bgq_operator.state import DeploymentView, adopt_status
+from bgq_operator.state import DeploymentView, QueueState, adopt_status
 
 log = logging.getLogger("bgq_operator.handlers")
 
@@ -131,6 +131,18 @@ async def _cancel_and_wait(tasks: set[asyncio.Task[Any]]) -> None:
         task.cancel()
     if pending:
         await asyncio.gather(*pending, return_exceptions=True)
+
+
+async def _judge_after_scale(ctx: Context, state: QueueState, generation: int) -> None:
+    """A newer Deployment generation arrived while the autoscaler's replicas write was in
+    flight. Its decision holds the queue's lock until the response is in, which sets
+    ``written_generation`` to the generation of our own write: a newer one is someone
+    else's edit, repaired like any other."""
+    async with state.lock:
+        pass
+    if generation > state.written_generation:
+        state.written_generation = generation
+        await _reconcile_from_state(ctx, state.namespace, state.name)
 
 
 async def _reconcile_from_state(ctx: Context, namespace: str, name: str) -> None:
@@ -252,6 +264,9 @@ async def deployment_event(
     was_ready = state.deployment.ready_replicas if state.deployment else None
     state.deployment = view
     if view.generation > state.written_generation and state.written_generation:
+        if state.scale_base is not None:  # ours or not: the write's response will say
+            m.track(_judge_after_scale(ctx, state, view.generation))
+            return
         state.written_generation = view.generation
         m.track(_reconcile_from_state(ctx, namespace, queue))
     elif was_ready != view.ready_replicas and m.autoscaler is not None:

@@ -90,6 +90,10 @@ class QueueState:
     deployment: DeploymentView | None = None
     written_generation: int = 0
     """Deployment generation after the operator's own last write (newer = someone else's)."""
+    scale_base: int | None = None
+    """The Deployment's generation when the autoscaler's replicas write in flight was sent
+    (None: none in flight). Its watch event can come before its response: a newer generation
+    seen meanwhile is judged once the response says which one was ours."""
     applied: tuple[int, str, float] | None = None
     """(generation, manifest key, monotonic time) of the Deployment last verified to match
     the spec: a resync skips the API when nothing changed since (reconcile's fast path)."""

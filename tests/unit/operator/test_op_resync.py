@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from bgq_operator.autoscaler import _adopt_scale
 from bgq_operator.reconcile import VERIFY_S, needs_resync
 from bgq_operator.state import DeploymentView, Problem, QueueState
 
@@ -40,4 +41,33 @@ def test_a_healthy_verified_queue_is_skipped() -> None:
 def test_anything_unsettled_is_reconciled(spoil: object) -> None:
     state = healthy()
     spoil(state)  # type: ignore[operator]
+    assert needs_resync(state, NOW)
+
+
+def test_our_own_scale_write_keeps_the_queue_verified() -> None:
+    """The autoscaler's replicas write (generation 4 -> 5, nothing else in between) leaves the
+    manifest as verified: the resync does not GET and dry-run the Deployment it just scaled."""
+    state = healthy()
+    _adopt_scale(state, base=4, target=3, generation=5)
+    assert state.deployment == DeploymentView(replicas=3, generation=5)
+    assert state.written_generation == 5
+    assert state.applied == (5, "{manifest}", NOW - 5)
+    assert not needs_resync(state, NOW)
+
+
+def test_a_write_by_someone_else_before_ours_leaves_the_queue_unverified() -> None:
+    state = healthy()
+    _adopt_scale(state, base=4, target=3, generation=6)  # 5 was someone else's
+    assert state.applied == (4, "{manifest}", NOW - 5)
+    assert needs_resync(state, NOW)
+
+
+def test_a_newer_generation_from_the_watch_is_not_overwritten() -> None:
+    """The watch showed generation 6 (an edit after ours) before our response (5) came back:
+    the view stays at 6, newer than ``written_generation``, for the watch's repair."""
+    state = healthy()
+    state.deployment = DeploymentView(replicas=3, generation=6)
+    _adopt_scale(state, base=4, target=3, generation=5)
+    assert state.deployment.generation == 6
+    assert state.written_generation == 5
     assert needs_resync(state, NOW)
