@@ -38,6 +38,7 @@ from bgq_operator.manifests import selector_string
 from bgq_operator.podcost import PodView, plan_scale_down
 from bgq_operator.reconcile import Context, flush_status, post_event
 from bgq_operator.redisconn import Endpoint
+from bgq_operator.scaleevents import ScaleEvents
 from bgq_operator.scaling import (
     Observation,
     decide,
@@ -131,9 +132,11 @@ Span = tuple[str, int, float]
 class EndpointLoop:
     """Wake-ups, ticks and decisions for the queues of one Redis endpoint."""
 
-    def __init__(self, ctx: Context, endpoint: Endpoint) -> None:
+    def __init__(self, ctx: Context, endpoint: Endpoint, events: ScaleEvents | None = None) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
+        self.events = events or _scale_events(ctx)
+        """ScaledUp/ScaledDown events, folded per queue (shared by the Autoscaler's loops)."""
         self._queues: set[tuple[str, str]] = set()
         self._keys: dict[str, tuple[str, str]] = {}
         """Queue name -> registry key of every queue on this endpoint (a wake-up's lookup)."""
@@ -597,10 +600,7 @@ class EndpointLoop:
         state.scaling = state.scaling.model_copy(update={"last_scale_time": rfc3339()})
         direction = "up" if target > current else "down"
         metrics.SCALE_EVENTS.labels(state.namespace, state.name, direction).inc()
-        await post_event(
-            self.ctx, state, "Normal", f"Scaled{direction.capitalize()}",
-            f"replicas {current} -> {target}: {why}",
-        )  # fmt: skip
+        await self.events.scaled(state, current, target, why)
 
     async def _scale_down(
         self,
@@ -652,6 +652,13 @@ class EndpointLoop:
             metrics.REPLICAS.labels(*labels).set(state.deployment.replicas)
         if state.spec is not None:
             metrics.record_limits(labels, state.spec)
+
+
+def _scale_events(ctx: Context) -> ScaleEvents:
+    async def post(state: QueueState, reason: str, message: str) -> None:
+        await post_event(ctx, state, "Normal", reason, message)
+
+    return ScaleEvents(post)
 
 
 def _adopt_scale(state: QueueState, base: int, target: int, generation: int) -> None:
@@ -792,6 +799,7 @@ class Autoscaler:
         self.ctx = ctx
         self.loops: dict[Endpoint, EndpointLoop] = {}
         self._retiring: set[asyncio.Task[None]] = set()
+        self.events = _scale_events(ctx)
 
     def refresh(self) -> None:
         """Regroup queues by endpoint; start and stop loops to match (sync, cheap)."""
@@ -802,7 +810,7 @@ class Autoscaler:
         for endpoint, keys in groups.items():
             loop = self.loops.get(endpoint)
             if loop is None:
-                loop = self.loops[endpoint] = EndpointLoop(self.ctx, endpoint)
+                loop = self.loops[endpoint] = EndpointLoop(self.ctx, endpoint, self.events)
                 loop.start()
             if keys != loop.queues:
                 loop.queues = keys
@@ -829,3 +837,4 @@ class Autoscaler:
         self.loops.clear()
         if self._retiring:
             await asyncio.gather(*list(self._retiring), return_exceptions=True)
+        await self.events.close()  # the folded scale events, before the connections close

@@ -178,12 +178,27 @@ async def flush_status(ctx: Context, state: QueueState, force: bool = False) -> 
             continue  # first status: only Ready (and problems) are news
         if change["type"] == cond.SCALING:
             continue  # scaling decisions have their own events
+        if _woken_from_zero(before, change):
+            continue  # the ScaledUp event says it; a Warning per wake-up would be noise
         good = (change["status"] == "True") != (change["type"] == cond.DEGRADED)
         reason = _EVENT_REASONS.get((change["type"], change["status"]), change["type"])
         await post_event(
             ctx, state, "Normal" if good else "Warning", reason,
             f"{change['type']}={change['status']} ({change['reason']}): {change['message']}",
         )  # fmt: skip
+
+
+def _woken_from_zero(before: Any, change: Mapping[str, Any]) -> bool:
+    """Ready going from True/ScaledToZero to False/WorkersStarting: a queue at zero got work
+    and its first pods are starting, the normal way out of rest (pods that never get ready
+    show up as Degraded once the Deployment's progress deadline passes)."""
+    old = cond.find(before, cond.READY)
+    return (
+        change["type"] == cond.READY
+        and change.get("reason") == "WorkersStarting"
+        and old is not None
+        and old.get("reason") == "ScaledToZero"
+    )
 
 
 _EVENT_REASONS = {

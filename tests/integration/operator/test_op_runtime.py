@@ -165,6 +165,10 @@ async def test_wake_up_scales_from_zero_in_one_step_without_polling(
     assert kube.status["scaling"]["boundBy"] == "demand"
     assert kube.status["scaling"]["lastScaleTime"]
     assert any(reason == "ScaledUp" for _, reason, _ in kube.events)
+    # Ready went True/ScaledToZero -> False/WorkersStarting: the normal way out of rest, which
+    # the ScaledUp event tells; no Warning per wake-up
+    assert cond.find(kube.status["conditions"], cond.READY)["reason"] == "WorkersStarting"  # type: ignore[index]
+    assert not [e for e in kube.events if e[0] == "Warning"], kube.events
     assert state.deployment is not None and state.deployment.replicas == 3
 
 
