@@ -61,6 +61,14 @@ async def test_wake_up_decision_makes_a_span_and_fills_the_alert_gauges(
         return bool(counts and int(counts[0][1]) > 0)
 
     await eventually(subscribed, 10.0, "the operator to subscribe to wake-ups")
+
+    def first_poll_done() -> bool:  # the start's poll tick has read and decided the queue
+        state = ctx.registry.find(NS, NAME)
+        busy = any(loop._deciding for loop in autoscaler.loops.values())
+        return state is not None and state.desired == 0 and not busy
+
+    # else, on a loaded machine, that first poll can come after the enqueue and decide it
+    await eventually(first_poll_done, 10.0, "the first poll tick")
     await asyncio.to_thread(lambda: [client.enqueue(QUEUE, "app.tasks.noop") for _ in range(25)])
     client.close()
     await eventually(kube.scales, 10.0, "a scale decision")
