@@ -132,10 +132,10 @@ Span = tuple[str, int, float]
 class EndpointLoop:
     """Wake-ups, ticks and decisions for the queues of one Redis endpoint."""
 
-    def __init__(self, ctx: Context, endpoint: Endpoint, events: ScaleEvents | None = None) -> None:
+    def __init__(self, ctx: Context, endpoint: Endpoint, events: ScaleEvents) -> None:
         self.ctx = ctx
         self.endpoint = endpoint
-        self.events = events or _scale_events(ctx)
+        self.events = events
         """ScaledUp/ScaledDown events, folded per queue (shared by the Autoscaler's loops)."""
         self._queues: set[tuple[str, str]] = set()
         self._keys: dict[str, tuple[str, str]] = {}
